@@ -1,0 +1,38 @@
+# Fairway — make setup | run | test | bench | protos | lint
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+UV ?= uv
+PY := .venv/bin/python
+PROTOS := $(shell find protos -name '*.proto' | sort)
+
+.PHONY: setup run test bench protos lint typecheck clean
+
+setup:
+	$(UV) sync --frozen
+	$(MAKE) --no-print-directory protos
+
+protos:
+	rm -rf gen/fairway && mkdir -p gen/fairway
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen $(PROTOS)
+	find gen/fairway -type d -exec touch {}/__init__.py \;
+
+run: setup
+	.venv/bin/fairway up
+
+test: setup
+	.venv/bin/ruff check services tests bench
+	.venv/bin/mypy
+	.venv/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench $(BENCH_ARGS)
+
+lint:
+	.venv/bin/ruff check services tests bench
+	.venv/bin/ruff format --check services tests bench
+
+typecheck:
+	.venv/bin/mypy
+
+clean:
+	rm -rf .venv .fairway .pytest_cache .mypy_cache

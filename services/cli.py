@@ -1,0 +1,28 @@
+"""The `fairway` command: `fairway up` (whole stack) and `fairway run SERVICE` (one service)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SERVICES = ("gateway", "scheduler", "ratelimiter", "predictor", "emulator")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fairway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="run the whole stack in the foreground, with embedded defaults")
+    run = sub.add_parser("run", help="run one service, configured from the environment")
+    run.add_argument("service", choices=SERVICES)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        module = importlib.import_module(f"services.{args.service}.main")
+        return int(module.main() or 0)
+    from services.stack import up
+
+    return up()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

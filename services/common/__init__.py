@@ -1,0 +1,3 @@
+"""Pieces every Fairway service shares: logging, the gRPC server frame, limits, errors."""
+
+from __future__ import annotations

@@ -1,0 +1,110 @@
+"""The frame of every gRPC service: health, reflection, metrics, graceful SIGTERM.
+
+    server, port = create_server(
+        [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer)],
+        service_names=["fairway.scheduler.v1.Scheduler"],
+        address="127.0.0.1:50051",
+    )
+    await serve(server, grace_s=10.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+Registrar = tuple[Callable[[Any, grpc.aio.Server], None], Any]
+
+# Plenty for large batches of items in one message, bounded so a bad client cannot exhaust memory.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class HealthState:
+    """The standard health service, plus the names it reports on."""
+
+    def __init__(self, servicer: health.aio.HealthServicer, names: Sequence[str]) -> None:
+        self.servicer = servicer
+        self.names = ["", *names]
+
+    async def set(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self.names:
+            await self.servicer.set(name, status)
+
+
+def create_server(
+    registrars: Iterable[Registrar],
+    *,
+    service_names: Sequence[str],
+    address: str,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> tuple[grpc.aio.Server, int, HealthState]:
+    """Build a server with the given servicers, health and reflection; bind `address`.
+
+    Returns the server (not started), the bound port (useful with port 0) and its health state.
+    """
+    server = grpc.aio.server(interceptors=list(interceptors), options=CHANNEL_OPTIONS)
+    for add, servicer in registrars:
+        add(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind gRPC address {address}")
+    return server, port, HealthState(health_servicer, service_names)
+
+
+async def serve(
+    server: grpc.aio.Server,
+    health_state: HealthState,
+    *,
+    grace_s: float,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+    ready: Callable[[], Awaitable[bool]] | None = None,
+) -> None:
+    """Start the server and run until SIGTERM/SIGINT, then stop gracefully.
+
+    On a signal, health flips to NOT_SERVING first (so load balancers stop sending),
+    then in-flight RPCs get `grace_s` seconds, then `on_stop` releases resources.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await health_state.set(serving=True if ready is None else await ready())
+    log.info("serving gRPC")
+    await stop.wait()
+    log.info("stopping: draining for up to %.1fs", grace_s)
+    await health_state.set(serving=False)
+    await server.stop(grace_s)
+    if on_stop is not None:
+        await on_stop()
+    log.info("stopped")
