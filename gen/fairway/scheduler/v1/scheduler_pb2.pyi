@@ -817,6 +817,63 @@ class QueueStats(_message.Message):
 Global___QueueStats: _TypeAlias = QueueStats  # noqa: Y015
 
 @_typing.final
+class UpstreamResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    UPSTREAM_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    OUTPUT_JSON_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    USAGE_JSON_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    upstream_id: _builtins.str
+    status: _builtins.str
+    """provider status: "succeeded" | "failed" | "canceled" | other (ignored)"""
+    output_json: _builtins.str
+    error: _builtins.str
+    usage_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        upstream_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        output_json: _builtins.str = ...,
+        error: _builtins.str = ...,
+        usage_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output_json", b"output_json", "provider", b"provider", "status", b"status", "upstream_id", b"upstream_id", "usage_json", b"usage_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpstreamResult: _TypeAlias = UpstreamResult  # noqa: Y015
+
+@_typing.final
+class UpstreamResultResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHED_FIELD_NUMBER: _builtins.int
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    matched: _builtins.bool
+    item_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        matched: _builtins.bool = ...,
+        item_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "matched", b"matched"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpstreamResultResponse: _TypeAlias = UpstreamResultResponse  # noqa: Y015
+
+@_typing.final
 class WorkerHello(_message.Message):
     """---------- worker side ----------"""
 

@@ -95,6 +95,11 @@ class SchedulerStub:
                 request_serializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.GetQueueStatsRequest.SerializeToString,
                 response_deserializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.QueueStats.FromString,
                 _registered_method=True)
+        self.ReportUpstreamResult = channel.unary_unary(
+                '/fairway.scheduler.v1.Scheduler/ReportUpstreamResult',
+                request_serializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.UpstreamResult.SerializeToString,
+                response_deserializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.UpstreamResultResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -174,6 +179,14 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportUpstreamResult(self, request, context):
+        """A provider's own word on a call it accepted (a verified webhook): completes
+        or fails the item that holds `upstream_id`, whoever leases it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +249,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.GetQueueStats,
                     request_deserializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.GetQueueStatsRequest.FromString,
                     response_serializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.QueueStats.SerializeToString,
+            ),
+            'ReportUpstreamResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportUpstreamResult,
+                    request_deserializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.UpstreamResult.FromString,
+                    response_serializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.UpstreamResultResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -563,6 +581,33 @@ class Scheduler:
             '/fairway.scheduler.v1.Scheduler/GetQueueStats',
             fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.GetQueueStatsRequest.SerializeToString,
             fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.QueueStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUpstreamResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fairway.scheduler.v1.Scheduler/ReportUpstreamResult',
+            fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.UpstreamResult.SerializeToString,
+            fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.UpstreamResultResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,10 @@ class SchedulerStub:
     WatchJob: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchJobRequest, _scheduler_pb2.JobEvent]
     """Item and job events until the job is terminal; `after_seq` resumes."""
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetQueueStatsRequest, _scheduler_pb2.QueueStats]
+    ReportUpstreamResult: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UpstreamResult, _scheduler_pb2.UpstreamResultResponse]
+    """A provider's own word on a call it accepted (a verified webhook): completes
+    or fails the item that holds `upstream_id`, whoever leases it.
+    """
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -69,6 +73,10 @@ class SchedulerAsyncStub(SchedulerStub):
     WatchJob: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchJobRequest, _scheduler_pb2.JobEvent]  # type: ignore[assignment]
     """Item and job events until the job is terminal; `after_seq` resumes."""
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetQueueStatsRequest, _scheduler_pb2.QueueStats]  # type: ignore[assignment]
+    ReportUpstreamResult: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UpstreamResult, _scheduler_pb2.UpstreamResultResponse]  # type: ignore[assignment]
+    """A provider's own word on a call it accepted (a verified webhook): completes
+    or fails the item that holds `upstream_id`, whoever leases it.
+    """
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     """Used by the gateway on behalf of tenants and the operator."""
@@ -157,6 +165,16 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.GetQueueStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.QueueStats, _abc.Awaitable[_scheduler_pb2.QueueStats]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportUpstreamResult(
+        self,
+        request: _scheduler_pb2.UpstreamResult,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.UpstreamResultResponse, _abc.Awaitable[_scheduler_pb2.UpstreamResultResponse]]:
+        """A provider's own word on a call it accepted (a verified webhook): completes
+        or fails the item that holds `upstream_id`, whoever leases it.
+        """
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
