@@ -93,7 +93,7 @@ class AcquireResponse(_message.Message):
     retry_after_s: _builtins.float
     """when fewer than asked: wait this long before asking again"""
     limited_by: _builtins.str
-    """"requests", "tokens", "cooldown", "tenant" or "" """
+    """"requests", "tokens", "concurrency", "cooldown", "tenant" or "" """
     @_builtins.property
     def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grant]:
         """len(grants) <= count"""
@@ -324,6 +324,10 @@ class BudgetStats(_message.Message):
     RATE_FACTOR_FIELD_NUMBER: _builtins.int
     COOLDOWN_UNTIL_FIELD_NUMBER: _builtins.int
     BURST_FIELD_NUMBER: _builtins.int
+    RPM_USAGE_PERCENT_FIELD_NUMBER: _builtins.int
+    TPM_USAGE_PERCENT_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     limit_rpm: _builtins.float
     """configured limit x utilization"""
@@ -337,6 +341,14 @@ class BudgetStats(_message.Message):
     cooldown_until: _builtins.float
     """unix seconds, 0 if none"""
     burst: _builtins.int
+    rpm_usage_percent: _builtins.float
+    """requests_last_minute / limit_rpm x 100"""
+    tpm_usage_percent: _builtins.float
+    """0 when the budget has no token dimension"""
+    in_flight: _builtins.int
+    """grants neither settled nor released (concurrency budgets)"""
+    max_in_flight: _builtins.int
+    """0 when the budget has no concurrency dimension"""
     def __init__(
         self,
         *,
@@ -349,10 +361,14 @@ class BudgetStats(_message.Message):
         rate_factor: _builtins.float = ...,
         cooldown_until: _builtins.float = ...,
         burst: _builtins.int = ...,
+        rpm_usage_percent: _builtins.float = ...,
+        tpm_usage_percent: _builtins.float = ...,
+        in_flight: _builtins.int = ...,
+        max_in_flight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "cooldown_until", b"cooldown_until", "denied_last_minute", b"denied_last_minute", "limit_rpm", b"limit_rpm", "limit_tpm", b"limit_tpm", "name", b"name", "rate_factor", b"rate_factor", "requests_last_minute", b"requests_last_minute", "tokens_last_minute", b"tokens_last_minute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "cooldown_until", b"cooldown_until", "denied_last_minute", b"denied_last_minute", "in_flight", b"in_flight", "limit_rpm", b"limit_rpm", "limit_tpm", b"limit_tpm", "max_in_flight", b"max_in_flight", "name", b"name", "rate_factor", b"rate_factor", "requests_last_minute", b"requests_last_minute", "rpm_usage_percent", b"rpm_usage_percent", "tokens_last_minute", b"tokens_last_minute", "tpm_usage_percent", b"tpm_usage_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -380,3 +396,51 @@ class GetStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class TenantCaps(_message.Message):
+    """A tenant's cap within a budget, shared by every replica. 0 removes that cap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    RPM_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    budget: _builtins.str
+    """"" applies to every budget"""
+    rpm: _builtins.float
+    """requests per minute for this tenant"""
+    max_in_flight: _builtins.int
+    """grants held at once by this tenant"""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        budget: _builtins.str = ...,
+        rpm: _builtins.float = ...,
+        max_in_flight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "max_in_flight", b"max_in_flight", "rpm", b"rpm", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantCaps: _TypeAlias = TenantCaps  # noqa: Y015
+
+@_typing.final
+class TenantCapsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantCapsResponse: _TypeAlias = TenantCapsResponse  # noqa: Y015

@@ -59,6 +59,11 @@ class RateLimiterStub:
                 request_serializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.SetTenantCaps = channel.unary_unary(
+                '/fairway.ratelimiter.v1.RateLimiter/SetTenantCaps',
+                request_serializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.TenantCaps.SerializeToString,
+                response_deserializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.TenantCapsResponse.FromString,
+                _registered_method=True)
 
 
 class RateLimiterServicer:
@@ -100,6 +105,13 @@ class RateLimiterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTenantCaps(self, request, context):
+        """Cap one tenant's share of a budget; checked in the same decision as the budget.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RateLimiterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +139,11 @@ def add_RateLimiterServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.GetStatsRequest.FromString,
                     response_serializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'SetTenantCaps': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantCaps,
+                    request_deserializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.TenantCaps.FromString,
+                    response_serializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.TenantCapsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +281,33 @@ class RateLimiter:
             '/fairway.ratelimiter.v1.RateLimiter/GetStats',
             fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.GetStatsRequest.SerializeToString,
             fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantCaps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fairway.ratelimiter.v1.RateLimiter/SetTenantCaps',
+            fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.TenantCaps.SerializeToString,
+            fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.TenantCapsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,8 @@ class RateLimiterStub:
     """What the provider said about its own limit (rate-limit headers, a 429)."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_ratelimiter_pb2.GetStatsRequest, _ratelimiter_pb2.GetStatsResponse]
     """Per-budget usage, limits and cooldowns."""
+    SetTenantCaps: _grpc.UnaryUnaryMultiCallable[_ratelimiter_pb2.TenantCaps, _ratelimiter_pb2.TenantCapsResponse]
+    """Cap one tenant's share of a budget; checked in the same decision as the budget."""
 
 @_typing.type_check_only
 class RateLimiterAsyncStub(RateLimiterStub):
@@ -65,6 +67,8 @@ class RateLimiterAsyncStub(RateLimiterStub):
     """What the provider said about its own limit (rate-limit headers, a 429)."""
     GetStats: _aio.UnaryUnaryMultiCallable[_ratelimiter_pb2.GetStatsRequest, _ratelimiter_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Per-budget usage, limits and cooldowns."""
+    SetTenantCaps: _aio.UnaryUnaryMultiCallable[_ratelimiter_pb2.TenantCaps, _ratelimiter_pb2.TenantCapsResponse]  # type: ignore[assignment]
+    """Cap one tenant's share of a budget; checked in the same decision as the budget."""
 
 class RateLimiterServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -108,5 +112,13 @@ class RateLimiterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ratelimiter_pb2.GetStatsResponse, _abc.Awaitable[_ratelimiter_pb2.GetStatsResponse]]:
         """Per-budget usage, limits and cooldowns."""
+
+    @_abc_1.abstractmethod
+    def SetTenantCaps(
+        self,
+        request: _ratelimiter_pb2.TenantCaps,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ratelimiter_pb2.TenantCapsResponse, _abc.Awaitable[_ratelimiter_pb2.TenantCapsResponse]]:
+        """Cap one tenant's share of a budget; checked in the same decision as the budget."""
 
 def add_RateLimiterServicer_to_server(servicer: RateLimiterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
