@@ -1,0 +1,3 @@
+"""The HTTP API for frontends and operators, in front of the scheduler and the ratelimiter."""
+
+from __future__ import annotations

@@ -1,0 +1,77 @@
+"""`create_app(settings)`: the gateway's FastAPI application, wired."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway import errors, events, jobs, operations, status_page, tenants, webhooks
+from services.gateway.auth import Authenticator
+from services.gateway.config import Settings
+from services.gateway.metrics import GatewayMetrics, MetricsMiddleware
+from services.gateway.upstreams import Upstreams
+from services.gateway.webhooks import WebhookSecret
+
+
+class BodyLimitMiddleware:
+    """413 for a body over `limit` bytes, declared (Content-Length) or streamed (chunked)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                message = errors.BodyTooLarge(self.limit).detail
+                await errors.error_response(413, "body_too_large", message)(scope, receive, send)
+                return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise errors.BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upstreams = Upstreams(settings)
+        app.state.upstreams = upstreams
+        app.state.authenticator = Authenticator(settings.admin_key.get_secret_value(), upstreams)
+        app.state.webhook_secret = WebhookSecret(settings)
+        try:
+            yield
+        finally:
+            await upstreams.close()
+
+    app = FastAPI(
+        title="Fairway",
+        version="1",
+        summary="Fair, budget-aware dispatch of AI generation jobs across tenants.",
+        lifespan=lifespan,
+        # A JSON body is parsed as JSON even when the client forgot its Content-Type.
+        strict_content_type=False,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.metrics = GatewayMetrics()
+    errors.install(app)
+    for module in (tenants, jobs, events, operations, webhooks, status_page):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

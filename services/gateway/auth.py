@@ -1,0 +1,112 @@
+"""Bearer keys: the operator's (from settings) or a tenant's (checked by the scheduler).
+
+Positive answers are cached briefly so that most requests cost no extra RPC; a
+revoked key therefore keeps working for at most `CACHE_TTL_S`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Annotated
+
+import grpc
+from fairway.scheduler.v1 import scheduler_pb2
+from fastapi import Depends, Request
+
+from services.gateway.errors import ApiError, from_rpc_error
+from services.gateway.upstreams import Upstreams
+
+CACHE_TTL_S = 5.0
+CACHE_MAX_KEYS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the operator, or one tenant."""
+
+    admin: bool
+    tenant: str = ""
+
+    @property
+    def scope(self) -> str:
+        """The `tenant` field of scheduler requests: "" lets the admin see every tenant."""
+        return "" if self.admin else self.tenant
+
+
+ADMIN = Principal(admin=True)
+
+
+class Authenticator:
+    def __init__(self, admin_key: str, upstreams: Upstreams) -> None:
+        self._admin_key = admin_key.encode()
+        self._upstreams = upstreams
+        self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+
+    async def principal(self, key: str) -> Principal:
+        if hmac.compare_digest(key.encode(), self._admin_key):
+            return ADMIN
+        digest = hashlib.sha256(key.encode()).digest()
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            reply = await self._upstreams.scheduler.Authenticate(
+                scheduler_pb2.AuthenticateRequest(api_key=key), timeout=self._upstreams.timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            err = from_rpc_error(exc)
+            if err.status in (401, 404):
+                raise _bad_key() from exc
+            raise err from exc
+        if not reply.admin and not reply.tenant:
+            raise _bad_key()
+        found = ADMIN if reply.admin else Principal(admin=False, tenant=reply.tenant)
+        self._cache[digest] = (found, now + CACHE_TTL_S)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > CACHE_MAX_KEYS:
+            self._cache.popitem(last=False)
+        return found
+
+
+def _bad_key() -> ApiError:
+    return ApiError(401, "unauthorized", "The API key is not valid; check the Authorization header.")
+
+
+async def current_principal(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise ApiError(401, "unauthorized", "Send your API key as 'Authorization: Bearer KEY'.")
+    authenticator: Authenticator = request.app.state.authenticator
+    return await authenticator.principal(key)
+
+
+async def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if not principal.admin:
+        raise ApiError(403, "forbidden", "This endpoint needs the admin key.")
+    return principal
+
+
+async def tenant_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if principal.admin:
+        raise ApiError(403, "forbidden", "This endpoint acts for one tenant; use that tenant's API key.")
+    return principal
+
+
+AnyKey = Annotated[Principal, Depends(current_principal)]
+AdminKey = Annotated[Principal, Depends(admin_principal)]
+TenantKey = Annotated[Principal, Depends(tenant_principal)]
+
+
+def upstreams(request: Request) -> Upstreams:
+    found: Upstreams = request.app.state.upstreams
+    return found
+
+
+Stubs = Annotated[Upstreams, Depends(upstreams)]

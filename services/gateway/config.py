@@ -1,0 +1,46 @@
+"""Gateway settings, read from the environment here and nowhere else."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway; field names double as constructor arguments in tests."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("FAIRWAY_GATEWAY_HOST", "host"))
+    port: int = Field(
+        default=8080, ge=0, le=65535, validation_alias=AliasChoices("FAIRWAY_GATEWAY_PORT", "port")
+    )
+    admin_key: SecretStr = Field(
+        validation_alias=AliasChoices("FAIRWAY_ADMIN_KEY", "admin_key"), min_length=1
+    )
+    scheduler_addr: str = Field(
+        default="127.0.0.1:50051", validation_alias=AliasChoices("FAIRWAY_SCHEDULER_ADDR", "scheduler_addr")
+    )
+    ratelimiter_addr: str = Field(
+        default="127.0.0.1:50052",
+        validation_alias=AliasChoices("FAIRWAY_RATELIMITER_ADDR", "ratelimiter_addr"),
+    )
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        gt=0,
+        validation_alias=AliasChoices("FAIRWAY_GATEWAY_MAX_BODY_BYTES", "max_body_bytes"),
+    )
+    # Upper bound of one unary call to the scheduler or ratelimiter; a large SubmitJob
+    # writes many rows, so this is generous.
+    rpc_timeout_s: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("FAIRWAY_GATEWAY_RPC_TIMEOUT_S", "rpc_timeout_s")
+    )
+    replicate_webhook_secret: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("REPLICATE_WEBHOOK_SECRET", "replicate_webhook_secret")
+    )
+    replicate_api_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("REPLICATE_API_TOKEN", "replicate_api_token")
+    )
+    replicate_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REPLICATE_BASE_URL", "replicate_base_url")
+    )
