@@ -155,7 +155,9 @@ def ratelimiter_stats(
     buckets = []
     rpm_healthy = True
     for b in stats.budgets:
-        usage = 100.0 * b.requests_last_minute / b.limit_rpm if b.limit_rpm > 0 else 0.0
+        usage = b.rpm_usage_percent
+        if not usage and b.limit_rpm > 0:
+            usage = 100.0 * b.requests_last_minute / b.limit_rpm
         bucket: dict[str, Any] = {
             "name": b.name,
             "limit_rpm": b.limit_rpm,
@@ -165,13 +167,18 @@ def ratelimiter_stats(
         if b.limit_tpm > 0:
             bucket["limit_tpm"] = b.limit_tpm
             bucket["tokens_last_minute"] = b.tokens_last_minute
+            bucket["tpm_usage_percent"] = round(b.tpm_usage_percent, 1)
         bucket["queue_length"] = _queue_length(b.name, lanes)
-        if b.cooldown_until > now:
+        cooling = b.cooldown_until > now
+        if cooling:
             bucket["cooldown_until"] = timestamp(b.cooldown_until)
+        if b.max_in_flight:
+            bucket["in_flight"] = b.in_flight
+            bucket["max_in_flight"] = b.max_in_flight
         bucket["denied_last_minute"] = b.denied_last_minute
         bucket["rate_factor"] = b.rate_factor
         buckets.append(bucket)
-        if usage > 100.0 or b.cooldown_until > now:
+        if usage > 100.0 or cooling:
             rpm_healthy = False
     queue_healthy = queue is not None and all(t.oldest_queued_age_s < QUEUE_STALL_S for t in queue.tenants)
     return {

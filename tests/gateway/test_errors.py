@@ -1,0 +1,164 @@
+"""Every error answer has the envelope and the status the contract names."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import httpx
+from fairway.scheduler.v1 import scheduler_pb2
+
+from tests.gateway.conftest import ADMIN, MAX_BODY_BYTES, tenant
+from tests.gateway.fakes import Abort, Fakes
+
+JOB = {"provider": "replicate", "model": "google/nano-banana", "items": [{"ref": "a", "input": {"prompt": "x"}}]}
+
+
+def envelope(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    message = body["error"]["message"]
+    assert isinstance(message, str) and message
+    return str(message)
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    r = await client.post(
+        "/v1/jobs", content=b'{"provider": ', headers={**tenant("t1"), "Content-Type": "application/json"}
+    )
+    envelope(r, 400, "invalid_json")
+    assert fakes.scheduler.calls("SubmitJob") == []
+
+
+async def test_body_that_is_not_json_is_400(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    r = await client.post(
+        "/v1/jobs", content=b"provider=openai", headers={**tenant("t1"), "Content-Type": "text/plain"}
+    )
+    envelope(r, 400, "invalid_json")
+
+
+async def test_missing_and_unknown_keys_are_401(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    envelope(await client.get("/v1/jobs"), 401, "unauthorized")
+    envelope(await client.get("/v1/jobs", headers={"Authorization": "Basic abc"}), 401, "unauthorized")
+    envelope(await client.get("/v1/jobs", headers={"Authorization": "Bearer nobody"}), 401, "unauthorized")
+    assert [c.api_key for c in fakes.scheduler.calls("Authenticate")] == ["nobody"]
+
+
+async def test_admin_only_is_403_for_a_tenant(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    envelope(await client.get("/v1/stats/queue", headers=tenant("t1")), 403, "forbidden")
+    envelope(await client.post("/v1/tenants", json={"id": "x"}, headers=tenant("t1")), 403, "forbidden")
+    envelope(await client.get("/v1/tenants/t2", headers=tenant("t1")), 403, "forbidden")
+    assert fakes.scheduler.calls("GetQueueStats") == []
+
+
+async def test_submitting_with_the_admin_key_is_403(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    envelope(await client.post("/v1/jobs", json=JOB, headers=ADMIN), 403, "forbidden")
+    assert fakes.scheduler.calls("SubmitJob") == []
+
+
+async def test_unknown_job_and_route_are_404(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    fakes.scheduler.reply("GetJob", Abort(grpc.StatusCode.NOT_FOUND, "job nope not found"))
+    message = envelope(await client.get("/v1/jobs/nope", headers=tenant("t1")), 404, "not_found")
+    assert "nope" in message
+    envelope(await client.get("/v1/nothing-here", headers=tenant("t1")), 404, "not_found")
+
+
+async def test_reused_idempotency_key_is_409(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    fakes.scheduler.reply(
+        "SubmitJob",
+        Abort(grpc.StatusCode.ALREADY_EXISTS, "Idempotency-Key k1 was used with another body", "idempotency_conflict"),
+    )
+    r = await client.post("/v1/jobs", json=JOB, headers={**tenant("t1"), "Idempotency-Key": "k1"})
+    envelope(r, 409, "idempotency_conflict")
+
+
+async def test_existing_tenant_is_409(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    fakes.scheduler.reply("CreateTenant", Abort(grpc.StatusCode.ALREADY_EXISTS, "tenant a exists", "tenant_exists"))
+    envelope(await client.post("/v1/tenants", json={"id": "a"}, headers=ADMIN), 409, "tenant_exists")
+
+
+async def test_declared_body_over_the_limit_is_413(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    big = {**JOB, "metadata": {"blob": "x" * MAX_BODY_BYTES}}
+    envelope(await client.post("/v1/jobs", json=big, headers=tenant("t1")), 413, "body_too_large")
+    assert fakes.scheduler.calls("SubmitJob") == []
+
+
+async def test_streamed_body_over_the_limit_is_413(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"provider": "replicate", "metadata": {"blob": "'
+        for _ in range(4):
+            yield b"x" * (MAX_BODY_BYTES // 2)
+        yield b'"}}'
+
+    r = await client.post("/v1/jobs", content=chunks(), headers={**tenant("t1"), "Content-Type": "application/json"})
+    envelope(r, 413, "body_too_large")
+    assert fakes.scheduler.calls("SubmitJob") == []
+
+
+async def test_schema_violation_is_422_naming_the_field(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    body = {**JOB, "items": [{"ref": "a"}]}
+    message = envelope(await client.post("/v1/jobs", json=body, headers=tenant("t1")), 422, "invalid_request")
+    assert message.startswith("items[0].input: ")
+    message = envelope(
+        await client.post("/v1/jobs", json={**JOB, "provider": "acme"}, headers=tenant("t1")), 422, "invalid_request"
+    )
+    assert message.startswith("provider: ")
+    r = await client.get("/v1/jobs?limit=0", headers=tenant("t1"))
+    assert envelope(r, 422, "invalid_request").startswith("limit: ")
+    assert fakes.scheduler.calls("SubmitJob") == []
+
+
+async def test_operation_input_shapes_are_422(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    cases = [
+        ({"provider": "openai", "items": [{"input": {"prompt": "hi"}}]}, "items[0].input.messages"),
+        ({"provider": "openai", "operation": "response", "items": [{"input": {}}]}, "items[0].input.input"),
+        ({"provider": "openai", "operation": "image", "items": [{"input": {"size": "1x1"}}]}, "items[0].input.prompt"),
+        ({"provider": "replicate", "operation": "chat", "items": [{"input": {}}]}, "operation"),
+    ]
+    for body, field in cases:
+        r = await client.post("/v1/jobs", json={"model": "m", **body}, headers=tenant("t1"))
+        assert envelope(r, 422, "invalid_request").startswith(field + ": "), body
+    assert fakes.scheduler.calls("SubmitJob") == []
+
+
+async def test_scheduler_invalid_argument_is_422(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    fakes.scheduler.reply("SubmitJob", Abort(grpc.StatusCode.INVALID_ARGUMENT, "model: unknown model 'x'"))
+    message = envelope(await client.post("/v1/jobs", json=JOB, headers=tenant("t1")), 422, "invalid_request")
+    assert message == "model: unknown model 'x'"
+
+
+async def test_insufficient_credits_is_402(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    fakes.scheduler.reply(
+        "SubmitJob",
+        Abort(grpc.StatusCode.FAILED_PRECONDITION, "3 credits needed, 1 left", "insufficient_credits"),
+    )
+    envelope(await client.post("/v1/jobs", json=JOB, headers=tenant("t1")), 402, "insufficient_credits")
+
+
+async def test_full_queue_is_429_with_retry_after(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    fakes.scheduler.reply(
+        "SubmitJob", Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue holds 100 items", "queue_full", 6.5)
+    )
+    r = await client.post("/v1/jobs", json=JOB, headers=tenant("t1"))
+    envelope(r, 429, "queue_full")
+    assert r.headers["Retry-After"] == "7"
+
+
+async def test_scheduler_down_is_503_with_retry_after(orphan: httpx.AsyncClient) -> None:
+    for r in (await orphan.get("/v1/jobs", headers=ADMIN), await orphan.get("/v1/jobs", headers=tenant("t1"))):
+        envelope(r, 503, "unavailable")
+        assert int(r.headers["Retry-After"]) >= 1
+
+
+async def test_scheduler_unavailable_status_is_503(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    fakes.scheduler.reply("ListJobs", Abort(grpc.StatusCode.UNAVAILABLE, "database down", retry_after_s=3))
+    r = await client.get("/v1/jobs", headers=tenant("t1"))
+    envelope(r, 503, "unavailable")
+    assert r.headers["Retry-After"] == "3"
+
+
+async def test_key_the_scheduler_does_not_place_is_401(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    fakes.scheduler.reply("Authenticate", scheduler_pb2.AuthenticateResponse())
+    envelope(await client.get("/v1/jobs", headers=tenant("nobody-either")), 401, "unauthorized")
