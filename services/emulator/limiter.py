@@ -1,0 +1,207 @@
+"""Exact rolling-window rate limits, per API key, on an injectable clock.
+
+    window = SlidingWindow(capacity=600, window=60.0)
+    budget = Budget([window])                       # all windows must have room
+    decision = budget.acquire(now)                  # admits, or says how long to wait
+    if not decision.accepted: ... decision.retry_after
+
+A window admits a request at time `t` iff the weights already admitted in `(t - window, t]`
+plus this one fit its capacity: never more than the capacity in any window, and everything
+that fits is admitted. Weights are 1 for requests and the token count for token budgets.
+Times are provider seconds; the caller scales them (see `config.time_scale`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+
+Clock = Callable[[], float]
+
+
+class SlidingWindow:
+    """At most `capacity` units in any half-open interval `(t - window, t]`."""
+
+    __slots__ = ("_entries", "_used", "capacity", "window")
+
+    def __init__(self, capacity: int, window: float) -> None:
+        if capacity <= 0 or window <= 0:
+            raise ValueError("a window needs a positive capacity and length")
+        self.capacity = capacity
+        self.window = window
+        self._entries: deque[tuple[float, int]] = deque()
+        self._used = 0
+
+    def _expire(self, now: float) -> None:
+        entries = self._entries
+        horizon = now - self.window
+        while entries and entries[0][0] <= horizon:
+            self._used -= entries.popleft()[1]
+
+    def fits(self, now: float, weight: int = 1) -> bool:
+        self._expire(now)
+        return self._used + weight <= self.capacity
+
+    def add(self, now: float, weight: int = 1) -> None:
+        self._entries.append((now, weight))
+        self._used += weight
+
+    def remaining(self, now: float) -> int:
+        self._expire(now)
+        return max(0, self.capacity - self._used)
+
+    def wait_for(self, now: float, weight: int = 1) -> float:
+        """Seconds until `weight` more units fit (0 if they fit now, inf if never)."""
+        self._expire(now)
+        if weight > self.capacity:
+            return math.inf
+        excess = self._used + weight - self.capacity
+        if excess <= 0:
+            return 0.0
+        for stamp, used in self._entries:
+            excess -= used
+            if excess <= 0:
+                return stamp + self.window - now
+        return 0.0  # unreachable: the entries sum to more than the excess
+
+    def reset_after(self, now: float) -> float:
+        """Seconds until the window is empty again, i.e. back to its full capacity."""
+        self._expire(now)
+        return self._entries[-1][0] + self.window - now if self._entries else 0.0
+
+
+class Decision:
+    """What the limiter said about one request."""
+
+    __slots__ = ("accepted", "blocking", "retry_after")
+
+    def __init__(self, accepted: bool, retry_after: float = 0.0, blocking: str = "") -> None:
+        self.accepted = accepted
+        self.retry_after = retry_after  # provider seconds until the request would fit
+        self.blocking = blocking  # "requests" or "tokens": the window that said no
+
+
+class Budget:
+    """One key's budget: request windows (weight 1) and optionally token windows.
+
+    `foreign` is the fraction of the request capacity another service sharing the key uses:
+    it is taken, evenly spread in time, before this key's own requests are considered, and
+    each foreign request costs the average tokens per request at the limits.
+    """
+
+    __slots__ = ("_foreign_done", "_foreign_rate", "_foreign_start", "_foreign_tokens", "requests", "tokens")
+
+    def __init__(
+        self,
+        requests: Sequence[SlidingWindow],
+        tokens: Sequence[SlidingWindow] = (),
+        foreign: float = 0.0,
+    ) -> None:
+        self.requests = tuple(requests)
+        self.tokens = tuple(tokens)
+        primary = self.requests[0]
+        self._foreign_rate = foreign * primary.capacity / primary.window
+        self._foreign_tokens = max(1, self.tokens[0].capacity // primary.capacity) if self.tokens else 0
+        self._foreign_start: float | None = None
+        self._foreign_done = 0
+
+    def acquire(self, now: float, tokens: int = 0) -> Decision:
+        """Admit one request costing `tokens`, or say why not and for how long."""
+        if self._foreign_rate > 0:
+            self._take_foreign(now)
+        for window in self.requests:
+            if not window.fits(now):
+                return Decision(False, self._wait(now, tokens), "requests")
+        if tokens:
+            for window in self.tokens:
+                if not window.fits(now, tokens):
+                    return Decision(False, self._wait(now, tokens), "tokens")
+        for window in self.requests:
+            window.add(now)
+        if tokens:
+            for window in self.tokens:
+                window.add(now, tokens)
+        return Decision(True)
+
+    def _wait(self, now: float, tokens: int) -> float:
+        waits = [w.wait_for(now) for w in self.requests]
+        if tokens:
+            waits += [w.wait_for(now, tokens) for w in self.tokens]
+        return max(waits)
+
+    def _take_foreign(self, now: float) -> None:
+        if self._foreign_start is None:
+            self._foreign_start = now
+        interval = 1.0 / self._foreign_rate
+        due = math.floor((now - self._foreign_start) * self._foreign_rate)
+        # After a long quiet spell only the last window's worth matters.
+        horizon = max(w.window for w in (*self.requests, *self.tokens))
+        self._foreign_done = max(self._foreign_done, due - math.ceil(horizon * self._foreign_rate))
+        while self._foreign_done < due:
+            self._foreign_done += 1
+            at = self._foreign_start + self._foreign_done * interval
+            cost = self._foreign_tokens
+            if all(w.fits(at) for w in self.requests) and all(w.fits(at, cost) for w in self.tokens):
+                for window in self.requests:
+                    window.add(at)
+                for window in self.tokens:
+                    window.add(at, cost)
+
+    def remaining(self, now: float) -> tuple[int, int]:
+        """(requests, tokens) that would still be admitted now."""
+        req = min(w.remaining(now) for w in self.requests)
+        tok = min((w.remaining(now) for w in self.tokens), default=0)
+        return req, tok
+
+    def reset_after(self, now: float) -> tuple[float, float]:
+        """(requests, tokens) provider seconds until each budget is back to full."""
+        req = max(w.reset_after(now) for w in self.requests)
+        tok = max((w.reset_after(now) for w in self.tokens), default=0.0)
+        return req, tok
+
+
+class Limiter:
+    """Budgets by name (API key, or key + model), made on first use.
+
+    limiter = Limiter(lambda name: Budget([SlidingWindow(600, 60.0)]), clock=time.monotonic)
+    decision, budget = limiter.acquire("key-1")
+    """
+
+    def __init__(self, factory: Callable[[str], Budget], clock: Clock) -> None:
+        self._factory = factory
+        self._clock = clock
+        self._budgets: dict[str, Budget] = {}
+
+    def budget(self, name: str) -> Budget:
+        budget = self._budgets.get(name)
+        if budget is None:
+            budget = self._budgets[name] = self._factory(name)
+        return budget
+
+    def now(self) -> float:
+        return self._clock()
+
+    def acquire(self, name: str, tokens: int = 0) -> tuple[Decision, Budget]:
+        budget = self.budget(name)
+        return budget.acquire(self._clock(), tokens), budget
+
+    def clear(self) -> None:
+        self._budgets.clear()
+
+
+def replicate_budget(rpm: int, burst: int, foreign: float = 0.0) -> Budget:
+    """Replicate's shape: `rpm` per minute, of which at most `burst` back to back.
+
+    The burst window is the time `burst` requests take at the steady rate, so a client
+    pacing itself at the per-minute limit never meets it.
+    """
+    windows = [SlidingWindow(rpm, 60.0)]
+    if 0 < burst < rpm:
+        windows.append(SlidingWindow(burst, 60.0 * burst / rpm))
+    return Budget(windows, foreign=foreign)
+
+
+def openai_budget(rpm: int, tpm: int, foreign: float = 0.0) -> Budget:
+    """OpenAI's shape: requests and tokens per minute for one model."""
+    return Budget([SlidingWindow(rpm, 60.0)], [SlidingWindow(tpm, 60.0)], foreign=foreign)

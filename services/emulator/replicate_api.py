@@ -1,0 +1,395 @@
+"""The Replicate API subset: predictions (create, get, cancel, list) and the webhook secret.
+
+    api = ReplicateApi(settings, limits, webhooks, clock)
+    route = api.route("POST", "/v1/predictions")      # None when the path is not Replicate's
+
+A prediction runs in provider time: `starting` for `prediction_start_seconds`, `processing`
+for a log-normal duration around the model's median, then `succeeded` with an output derived
+from the model and input (or `failed` at `prediction_failure_rate`, decided by a digest of
+seed, model, input and how often that input was seen before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from services.common.limits import Limits
+from services.emulator.calls import Call, Headers, dumps, header
+from services.emulator.config import EmulatorSettings
+from services.emulator.errors import ApiError, ReplicateError, ReplicateThrottled
+from services.emulator.latency import Latency, unit
+from services.emulator.limiter import Clock, Limiter, replicate_budget
+from services.emulator.webhooks import WebhookSender
+
+EVENTS = ("start", "output", "logs", "completed")
+TERMINAL = frozenset(("succeeded", "failed", "canceled"))
+PAGE_SIZE = 100
+Reply = tuple[int, bytes]
+Handler = Callable[..., Awaitable[Reply]]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _bad_request(detail: str) -> ApiError:
+    return ReplicateError(400, detail)
+
+
+class Prediction:
+    __slots__ = (
+        "_cache",
+        "base_url",
+        "completed_at",
+        "created_at",
+        "digest",
+        "error",
+        "events",
+        "id",
+        "input",
+        "key",
+        "logs",
+        "metrics",
+        "model",
+        "output",
+        "started_at",
+        "status",
+        "timer",
+        "version",
+        "waiters",
+        "webhook",
+        "webhook_chain",
+    )
+
+    def __init__(self, pid: str, key: str, model: str, version: str, input: dict[str, Any], base_url: str):
+        self.id, self.key, self.model, self.version, self.input = pid, key, model, version, input
+        self.base_url = base_url
+        self.status = "starting"
+        self.output: Any = None
+        self.error: str | None = None
+        self.logs = ""
+        self.metrics: dict[str, float] = {}
+        self.created_at = _now()
+        self.started_at: str | None = None
+        self.completed_at: str | None = None
+        self.digest = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.waiters: list[asyncio.Future[None]] = []
+        self.webhook: str | None = None
+        self.events: frozenset[str] = frozenset()
+        self.webhook_chain: asyncio.Task[None] | None = None
+        self._cache: bytes | None = None
+
+    def changed(self) -> None:
+        self._cache = None
+
+    def body(self) -> bytes:
+        """The prediction object, serialized once per state."""
+        if self._cache is None:
+            self._cache = dumps(self.to_dict())
+        return self._cache
+
+    def to_dict(self) -> dict[str, Any]:
+        get = f"{self.base_url}/v1/predictions/{self.id}"
+        return {
+            "id": self.id,
+            "model": self.model,
+            "version": self.version,
+            "input": self.input,
+            "logs": self.logs,
+            "output": self.output,
+            "data_removed": False,
+            "error": self.error,
+            "status": self.status,
+            "source": "api",
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "metrics": self.metrics,
+            "urls": {"get": get, "cancel": get + "/cancel", "web": f"https://replicate.com/p/{self.id}"},
+        }
+
+
+class ReplicateApi:
+    def __init__(self, settings: EmulatorSettings, limits: Limits, webhooks: WebhookSender, clock: Clock):
+        self._s = settings
+        self._latency = Latency(settings)
+        self._webhooks = webhooks
+        create, read, burst = limits.replicate.create_rpm, limits.replicate.read_rpm, settings.replicate_burst
+        foreign = settings.foreign_traffic
+        self._limiter = Limiter(
+            lambda name: replicate_budget(create if name[0] == "c" else read, burst, foreign), clock
+        )
+        self._predictions: dict[str, Prediction] = {}
+        self._by_key: dict[str, list[Prediction]] = {}
+        self._seen: dict[bytes, int] = {}
+        self._serial = 0
+
+    # -- routing and admission -------------------------------------------------------------
+
+    def route(self, method: str, path: str) -> tuple[str, Handler, tuple[str, ...]] | None:
+        """(endpoint name, handler, path arguments) for a Replicate path, else None."""
+        parts = path.strip("/").split("/")
+        if len(parts) < 2 or parts[0] != "v1":
+            return None
+        if parts[1] == "predictions":
+            if len(parts) == 2:
+                if method == "POST":
+                    return "replicate.create", self.create, ()
+                if method == "GET":
+                    return "replicate.list", self.list, ()
+            elif len(parts) == 3 and method == "GET":
+                return "replicate.get", self.get, (parts[2],)
+            elif len(parts) == 4 and parts[3] == "cancel" and method == "POST":
+                return "replicate.cancel", self.cancel, (parts[2],)
+        elif parts[1] == "models" and len(parts) == 5 and parts[4] == "predictions" and method == "POST":
+            return "replicate.create", self.create, (f"{parts[2]}/{parts[3]}",)
+        elif parts[1:] == ["webhooks", "default", "secret"] and method == "GET":
+            return "replicate.webhook_secret", self.secret, ()
+        return None
+
+    def authenticate(self, call: Call) -> str:
+        key = call.key
+        if not key:
+            raise ReplicateError(401, "You did not pass a valid authentication token")
+        return key
+
+    def admit(self, call: Call, key: str, endpoint: str) -> Headers:
+        """Charge the key's create or read budget; the rate-limit headers, or a 429."""
+        budget = self._limiter.budget(("c:" if endpoint == "replicate.create" else "r:") + key)
+        now = self._limiter.now()
+        decision = budget.acquire(now)
+        remaining, _ = budget.remaining(now)
+        reset, _ = budget.reset_after(now)
+        headers = [
+            header("ratelimit-remaining", remaining),
+            header("ratelimit-reset", math.ceil(self._s.real(reset))),
+        ]
+        if not decision.accepted:
+            wait = max(1, math.ceil(self._s.real(decision.retry_after)))
+            raise ReplicateThrottled(wait, [*headers, header("retry-after", wait)])
+        return headers
+
+    def server_error(self, status: int) -> ApiError:
+        return ReplicateError(status, "Internal server error" if status == 500 else "Upstream unavailable")
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    async def create(self, call: Call, model_path: str | None = None) -> Reply:
+        await self._api_latency()
+        body = call.json(_bad_request)
+        if not isinstance(body, dict):
+            raise ReplicateError(422, "The request body must be a JSON object.")
+        payload = body.get("input")
+        if not isinstance(payload, dict):
+            raise ReplicateError(422, "input: input is required and must be an object")
+        model, version = self._model_version(model_path, body.get("version"))
+        webhook, events = self._webhook_options(body)
+        prediction = self._new(call, model, version, payload)
+        prediction.webhook, prediction.events = webhook, events
+        self._schedule(prediction)
+        wait = _prefer_wait(call.header(b"prefer"))
+        if wait and prediction.status not in TERMINAL:
+            future = asyncio.get_running_loop().create_future()
+            prediction.waiters.append(future)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, self._s.real(wait))
+        return 201, prediction.body()
+
+    async def get(self, call: Call, pid: str) -> Reply:
+        await self._api_latency()
+        return 200, self._find(call, pid).body()
+
+    async def cancel(self, call: Call, pid: str) -> Reply:
+        await self._api_latency()
+        prediction = self._find(call, pid)
+        if prediction.status not in TERMINAL:
+            self._finish(prediction, "canceled")
+        return 200, prediction.body()
+
+    async def list(self, call: Call) -> Reply:
+        await self._api_latency()
+        items = self._by_key.get(call.key, [])
+        cursor = call.param("cursor") or ""
+        try:
+            mark = int(cursor[1:]) if cursor else len(items)
+        except ValueError:
+            raise ReplicateError(400, "Invalid cursor.") from None
+        if cursor.startswith("a"):
+            start, end = mark, min(len(items), mark + PAGE_SIZE)
+        else:
+            end = min(mark, len(items))
+            start = max(0, end - PAGE_SIZE)
+        base = f"{call.base_url()}/v1/predictions?cursor="
+        page = {
+            "next": f"{base}b{start}" if start > 0 else None,
+            "previous": f"{base}a{end}" if end < len(items) else None,
+            "results": [p.to_dict() for p in reversed(items[start:end])],
+        }
+        return 200, dumps(page)
+
+    async def secret(self, call: Call) -> Reply:
+        await self._api_latency()
+        return 200, dumps({"key": self._s.webhook_secret})
+
+    # -- predictions ---------------------------------------------------------------------------
+
+    def _model_version(self, model_path: str | None, version: object) -> tuple[str, str]:
+        if model_path is not None:
+            return model_path, "hidden"
+        if not isinstance(version, str) or not version:
+            raise ReplicateError(422, "version: version is required")
+        if ":" in version:
+            model, _, ref = version.partition(":")
+            return model, ref
+        if "/" in version:
+            return version, "hidden"
+        return f"emulated/{version[:12]}", version
+
+    def _webhook_options(self, body: dict[str, Any]) -> tuple[str | None, frozenset[str]]:
+        webhook = body.get("webhook") or body.get("webhook_completed")
+        if webhook is not None and not (isinstance(webhook, str) and webhook.startswith(("http://", "https://"))):
+            raise ReplicateError(422, "webhook: must be an http(s) URL")
+        chosen = body.get("webhook_events_filter")
+        if chosen is None:
+            events = frozenset(("completed",)) if body.get("webhook_completed") else frozenset(EVENTS)
+        elif isinstance(chosen, list) and chosen and all(e in EVENTS for e in chosen):
+            events = frozenset(chosen)
+        else:
+            raise ReplicateError(422, f"webhook_events_filter: each event must be one of {', '.join(EVENTS)}")
+        return webhook, events
+
+    def _new(self, call: Call, model: str, version: str, payload: dict[str, Any]) -> Prediction:
+        self._serial += 1
+        pid = _prediction_id(self._s.seed, self._serial)
+        prediction = Prediction(pid, call.key, model, version, payload, call.base_url())
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        seen_key = hashlib.sha256(f"{model}\n{canonical}".encode()).digest()
+        occurrence = self._seen.get(seen_key, 0)
+        self._seen[seen_key] = occurrence + 1
+        prediction.digest = hashlib.sha256(f"{self._s.seed}|{occurrence}|".encode() + seen_key).digest()
+        prediction.output = None
+        self._predictions[pid] = prediction
+        self._by_key.setdefault(call.key, []).append(prediction)
+        self._emit(prediction, "start")
+        return prediction
+
+    def _find(self, call: Call, pid: str) -> Prediction:
+        prediction = self._predictions.get(pid)
+        if prediction is None or prediction.key != call.key:
+            raise ReplicateError(404, "Not found.")
+        return prediction
+
+    def _schedule(self, prediction: Prediction) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._s.real(self._latency.prediction_start())
+        prediction.timer = loop.call_later(delay, self._start, prediction)
+
+    def _start(self, prediction: Prediction) -> None:
+        if prediction.status != "starting":
+            return
+        prediction.status = "processing"
+        prediction.started_at = _now()
+        prediction.logs = "Starting prediction\n"
+        prediction.changed()
+        self._emit(prediction, "logs")
+        seconds = self._latency.prediction(prediction.model, prediction.digest)
+        prediction.metrics = {"predict_time": round(seconds, 3)}
+        loop = asyncio.get_running_loop()
+        prediction.timer = loop.call_later(self._s.real(seconds), self._complete, prediction)
+
+    def _complete(self, prediction: Prediction) -> None:
+        if prediction.status != "processing":
+            return
+        if unit(prediction.digest) < self._s.prediction_failure_rate:
+            prediction.logs += "Traceback (most recent call last):\nRuntimeError: the model crashed\n"
+            prediction.error = "Prediction failed: the model crashed"
+            self._finish(prediction, "failed")
+            return
+        prediction.output = _output(prediction.model, prediction.input)
+        prediction.logs += "100%|##########| 28/28 [00:07<00:00, 3.71it/s]\n"
+        prediction.changed()
+        self._emit(prediction, "output")
+        self._finish(prediction, "succeeded")
+
+    def _finish(self, prediction: Prediction, status: str) -> None:
+        if prediction.timer is not None:
+            prediction.timer.cancel()
+            prediction.timer = None
+        prediction.status = status
+        prediction.completed_at = _now()
+        if prediction.started_at is not None:
+            prediction.metrics["total_time"] = prediction.metrics.get("predict_time", 0.0) + round(
+                self._latency.prediction_start(), 3
+            )
+        prediction.changed()
+        self._emit(prediction, "completed")
+        for waiter in prediction.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        prediction.waiters.clear()
+
+    def _emit(self, prediction: Prediction, event: str) -> None:
+        if prediction.webhook is None or event not in prediction.events:
+            return
+        prediction.webhook_chain = self._webhooks.send(
+            prediction.webhook, prediction.body(), event == "completed", prediction.webhook_chain
+        )
+
+    async def _api_latency(self) -> None:
+        if self._s.api_seconds > 0:
+            await asyncio.sleep(self._s.real(self._latency.api()))
+
+    def clear(self) -> None:
+        for prediction in self._predictions.values():
+            if prediction.timer is not None:
+                prediction.timer.cancel()
+            for waiter in prediction.waiters:
+                waiter.cancel()
+        self._predictions.clear()
+        self._by_key.clear()
+        self._seen.clear()
+        self._limiter.clear()
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(("starting", "processing", *sorted(TERMINAL)), 0)
+        for prediction in self._predictions.values():
+            counts[prediction.status] += 1
+        return counts
+
+
+def _prefer_wait(value: str) -> int:
+    """Seconds from `Prefer: wait` (60) or `Prefer: wait=N` (1..60); 0 when absent."""
+    for part in value.split(","):
+        name, _, arg = part.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                return max(1, min(60, int(arg))) if arg else 60
+            except ValueError:
+                return 60
+    return 0
+
+
+def _prediction_id(seed: int, serial: int) -> str:
+    digest = hashlib.sha256(f"{seed}:{serial}".encode()).digest()
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    return "".join(alphabet[b % 32] for b in digest[:26])
+
+
+def _output(model: str, payload: dict[str, Any]) -> object:
+    """A URL per output, derived from the model and the input alone."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    stem = hashlib.sha256(f"{model}\n{canonical}".encode()).hexdigest()[:32]
+    fmt = payload.get("output_format")
+    ext = fmt if fmt in ("png", "jpg", "jpeg", "webp") else "png"
+    count = payload.get("num_outputs")
+    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+        return [f"https://replicate.delivery/emulated/{stem}-{i}.{ext}" for i in range(min(count, 16))]
+    return f"https://replicate.delivery/emulated/{stem}.{ext}"
