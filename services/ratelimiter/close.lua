@@ -1,0 +1,80 @@
+-- Close grants of one (budget, tenant): settle with the actual tokens, or release unused.
+--
+-- Closing moves the GCRA theoretical arrival times back (refund) or forward (charge):
+--   release: requests TAT -= T, tokens TAT -= reserved * T_tok, tenant TAT -= T_tenant
+--   settle:  tokens TAT += (used - reserved) * T_tok
+-- A grant closes once (a zset of closed serials, pruned after the grant TTL); grants older
+-- than the TTL are ignored, their effect on the budget has long expired.
+--
+-- KEYS: 1 request TAT, 2 token TAT, 3 budget in-flight zset, 4 tenant in-flight zset,
+--       5 budget caps hash, 6 global caps hash, 7 usage ring hash, 8 closed zset,
+--       9 tenant request TAT
+-- ARGV: 1 request interval us, 2 token interval us, 3 grant ttl us, 4 tenant, 5 time scale,
+--       6 burst fraction, then per grant: serial, reserved tokens, issued us, used (-1: release)
+-- Returns: {closed, tokens_adjusted}
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local req_T = tonumber(ARGV[1])
+local tok_T = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local tenant = ARGV[4]
+
+local function shift(key, delta)
+  local tat = redis.call('GET', key)
+  if not tat and delta < 0 then return end
+  local base = tonumber(tat or '0')
+  if delta > 0 then base = math.max(base, now) end
+  local new = base + delta
+  if new <= now then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, tostring(new), 'PX', math.ceil((new - now) / 1000) + 1000)
+  end
+end
+
+local tenant_T = 0
+if tenant ~= '' then
+  local cap = redis.call('HGET', KEYS[5], tenant) or redis.call('HGET', KEYS[6], tenant)
+  if cap then
+    local rpm = tonumber(string.sub(cap, 1, string.find(cap, ',', 1, true) - 1))
+    if rpm > 0 then
+      local tb = math.max(1, math.floor(rpm * tonumber(ARGV[6])))
+      tenant_T = 60000000 / (math.max(rpm - tb, rpm * 0.5) * tonumber(ARGV[5]))
+    end
+  end
+end
+
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now - ttl)
+local closed = 0
+local adjusted = 0
+for i = 7, #ARGV, 4 do
+  local serial = ARGV[i]
+  local reserved = tonumber(ARGV[i + 1])
+  local issued = tonumber(ARGV[i + 2])
+  local used = tonumber(ARGV[i + 3])
+  if now - issued <= ttl and redis.call('ZADD', KEYS[8], 'NX', now, serial) == 1 then
+    closed = closed + 1
+    redis.call('ZREM', KEYS[3], serial)
+    if tenant ~= '' then redis.call('ZREM', KEYS[4], serial) end
+    local delta
+    if used < 0 then
+      shift(KEYS[1], -req_T)
+      if tenant_T > 0 then shift(KEYS[9], -tenant_T) end
+      delta = -reserved
+    else
+      delta = used - reserved
+    end
+    if tok_T > 0 and delta ~= 0 then shift(KEYS[2], delta * tok_T) end
+    adjusted = adjusted + delta
+    -- Correct the usage ring in the second the grant was counted, if still in the ring.
+    local sec = math.floor(issued / 1000000)
+    local slot = sec % 64
+    if redis.call('HGET', KEYS[7], 's' .. slot) == tostring(sec) then
+      if used < 0 then redis.call('HINCRBY', KEYS[7], 'r' .. slot, -1) end
+      if delta ~= 0 then redis.call('HINCRBY', KEYS[7], 't' .. slot, delta) end
+    end
+  end
+end
+redis.call('PEXPIRE', KEYS[8], math.ceil(ttl / 1000) + 1000)
+return {closed, adjusted}

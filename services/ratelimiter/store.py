@@ -1,0 +1,211 @@
+"""Redis access: the budget scripts and the keys they share across replicas.
+
+Every decision runs in one Lua script on Redis, with Redis `TIME` as the clock, so all
+replicas see one budget and one time. Keys of one budget share a hash tag (`{budget}`).
+Any Redis failure surfaces as `StoreUnavailable`: the caller fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.ratelimiter.budgets import Budget
+from services.ratelimiter.errors import RateLimiterError
+from services.ratelimiter.grants import GrantId
+
+_SCRIPTS = Path(__file__).parent
+RELEASE = -1  # `used` value that marks a release in close()
+RING_SLOTS = 64
+MINUTE_S = 60
+
+
+class StoreUnavailable(RateLimiterError):
+    """Redis did not answer; no grant can be decided."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    granted: int
+    now_us: int
+    retry_after_s: float
+    limited_by: str
+    remaining: int  # requests that would still fit right now
+    rate_factor: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    requests_last_minute: int
+    tokens_last_minute: int
+    denied_last_minute: int
+    rate_factor: float
+    cooldown_until_s: float  # unix seconds, 0 if none
+    in_flight: int
+
+
+@dataclass(frozen=True)
+class StoreParams:
+    key_prefix: str
+    grant_ttl_s: float
+    recovery_s: float
+    min_rate_factor: float
+    time_scale: float
+    burst_fraction: float
+
+
+class BudgetStore:
+    def __init__(self, redis_url: str, params: StoreParams) -> None:
+        self._p = params
+        # One quick retry covers a pooled connection left stale by a Redis restart;
+        # a Redis that is really down still fails within the connect timeout.
+        self._redis: aioredis.Redis[str] = aioredis.Redis.from_url(
+            redis_url, decode_responses=True, socket_connect_timeout=0.5, socket_timeout=2.0,
+            retry=Retry(NoBackoff(), 1), max_connections=256,
+        )
+        self._acquire = self._redis.register_script((_SCRIPTS / "acquire.lua").read_text())
+        self._close = self._redis.register_script((_SCRIPTS / "close.lua").read_text())
+        self._feedback = self._redis.register_script((_SCRIPTS / "feedback.lua").read_text())
+        self._recovery_per_us = 1.0 / (params.recovery_s * 1e6)
+
+    def _key(self, budget: str, part: str) -> str:
+        return f"{self._p.key_prefix}:{{{budget}}}:{part}"
+
+    def _tenant_key(self, budget: str, tenant: str, part: str) -> str:
+        return self._key(budget, f"t:{tenant}:{part}")
+
+    @property
+    def _global_caps(self) -> str:
+        # Caps for every budget; outside the budgets' hash slots, so a single-node Redis only.
+        return f"{self._p.key_prefix}:caps"
+
+    async def acquire(
+        self, budget: Budget, count: int, tokens_each: int, tenant: str, all_or_nothing: bool,
+        serial_prefix: str,
+    ) -> Decision:
+        name = budget.name
+        keys = [
+            self._key(name, "req"), self._key(name, "tok"), self._key(name, "fb"),
+            self._key(name, "inflight"), self._tenant_key(name, tenant, "req"),
+            self._tenant_key(name, tenant, "inflight"), self._key(name, "caps"), self._global_caps,
+            self._key(name, "ring"),
+        ]
+        args: list[Any] = [
+            count, tokens_each, 1 if all_or_nothing else 0, budget.request_interval_us, budget.burst,
+            budget.token_interval_us, budget.token_burst, budget.max_in_flight, tenant,
+            int(self._p.grant_ttl_s * 1e6), serial_prefix, self._recovery_per_us,
+            self._p.min_rate_factor, self._p.time_scale, self._p.burst_fraction,
+        ]
+        n, now_us, retry_us, limited_by, remaining, factor = await self._run(self._acquire, keys, args)
+        return Decision(int(n), int(now_us), int(retry_us) / 1e6, str(limited_by), int(remaining),
+                        float(factor))
+
+    async def close(self, budget: Budget, tenant: str, grants: Sequence[tuple[GrantId, int]]) -> tuple[int, int]:
+        """Settle (`used` >= 0) or release (`used` == RELEASE) grants of one budget and tenant.
+
+        Returns (grants closed now, tokens adjusted: >0 charged, <0 refunded).
+        """
+        name = budget.name
+        keys = [
+            self._key(name, "req"), self._key(name, "tok"), self._key(name, "inflight"),
+            self._tenant_key(name, tenant, "inflight"), self._key(name, "caps"), self._global_caps,
+            self._key(name, "ring"), self._key(name, "closed"), self._tenant_key(name, tenant, "req"),
+        ]
+        args: list[Any] = [
+            budget.request_interval_us, budget.token_interval_us, int(self._p.grant_ttl_s * 1e6),
+            tenant, self._p.time_scale, self._p.burst_fraction,
+        ]
+        for grant, used in grants:
+            args += [grant.serial, grant.tokens, grant.issued_us, used]
+        closed, adjusted = await self._run(self._close, keys, args)
+        return int(closed), int(adjusted)
+
+    async def feedback(
+        self, budget: Budget, *, target_factor: float | None, multiplier: float, cooldown_s: float,
+        hold_s: float,
+    ) -> tuple[float, float]:
+        """Merge an upstream observation; returns (rate factor, cooldown seconds remaining)."""
+        args: list[Any] = [
+            -1 if target_factor is None else target_factor, multiplier, int(cooldown_s * 1e6),
+            self._recovery_per_us, self._p.min_rate_factor, int(hold_s * 1e6),
+        ]
+        factor, cooldown_us = await self._run(self._feedback, [self._key(budget.name, "fb")], args)
+        return float(factor), int(cooldown_us) / 1e6
+
+    async def usage(self, budgets: Sequence[Budget]) -> list[Usage]:
+        """Usage of each budget over the last minute, in one round trip."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for b in budgets:
+                    pipe.hgetall(self._key(b.name, "ring"))
+                    pipe.hmget(self._key(b.name, "fb"), ["factor", "at", "cooldown_until"])
+                    pipe.zcard(self._key(b.name, "inflight"))
+                replies = await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        secs, micros = replies[0]
+        now_us = int(secs) * 1_000_000 + int(micros)
+        out = []
+        for i in range(len(budgets)):
+            ring, fb, in_flight = replies[1 + 3 * i: 4 + 3 * i]
+            out.append(self._usage(now_us, ring, fb, int(in_flight)))
+        return out
+
+    def _usage(self, now_us: int, ring: dict[str, str], fb: list[str | None], in_flight: int) -> Usage:
+        now_s = now_us // 1_000_000
+        sums = {"r": 0, "t": 0, "d": 0}
+        for slot in range(RING_SLOTS):
+            stamp = ring.get(f"s{slot}")
+            if stamp is not None and now_s - MINUTE_S < int(stamp) <= now_s:
+                for dim in sums:
+                    sums[dim] += int(ring.get(f"{dim}{slot}", 0))
+        factor = 1.0
+        if fb[0] is not None and fb[1] is not None:
+            recovered = float(fb[0]) + (now_us - float(fb[1])) * self._recovery_per_us
+            factor = min(1.0, max(self._p.min_rate_factor, recovered))
+        cooldown = float(fb[2]) / 1e6 if fb[2] is not None and float(fb[2]) > now_us else 0.0
+        return Usage(max(0, sums["r"]), max(0, sums["t"]), sums["d"], factor, cooldown, in_flight)
+
+    async def set_tenant_caps(self, budget: str, tenant: str, rpm: float, max_in_flight: int) -> None:
+        key = self._key(budget, "caps") if budget else self._global_caps
+        try:
+            if rpm <= 0 and max_in_flight <= 0:
+                await self._redis.hdel(key, tenant)
+            else:
+                await self._redis.hset(key, tenant, f"{max(rpm, 0.0)!r},{max(max_in_flight, 0)}")
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()  # type: ignore[attr-defined]  # stubs predate redis 5
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
+        try:
+            result: list[Any] = await script(keys=keys, args=args)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return result
+
+
+async def gather_closes(
+    store: BudgetStore, groups: Sequence[tuple[Budget, str, Sequence[tuple[GrantId, int]]]]
+) -> tuple[int, int]:
+    """Close several (budget, tenant) groups concurrently; sums of (closed, adjusted)."""
+    results = await asyncio.gather(*(store.close(b, t, g) for b, t, g in groups))
+    return sum(r[0] for r in results), sum(r[1] for r in results)
