@@ -12,12 +12,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("FAIRWAY_GATEWAY_HOST", "host"))
-    port: int = Field(
-        default=8080, ge=0, le=65535, validation_alias=AliasChoices("FAIRWAY_GATEWAY_PORT", "port")
-    )
-    admin_key: SecretStr = Field(
-        validation_alias=AliasChoices("FAIRWAY_ADMIN_KEY", "admin_key"), min_length=1
-    )
+    port: int = Field(default=8080, ge=0, le=65535, validation_alias=AliasChoices("FAIRWAY_GATEWAY_PORT", "port"))
+    admin_key: SecretStr = Field(validation_alias=AliasChoices("FAIRWAY_ADMIN_KEY", "admin_key"), min_length=1)
     scheduler_addr: str = Field(
         default="127.0.0.1:50051", validation_alias=AliasChoices("FAIRWAY_SCHEDULER_ADDR", "scheduler_addr")
     )

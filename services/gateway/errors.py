@@ -54,9 +54,7 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"The request body is larger than {limit} bytes; send fewer items per job.")
 
 
-def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=dict(headers or {}))
 
 
@@ -142,9 +140,7 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     for err in errors:
         if err.get("type") == "json_invalid":
             reason = (err.get("ctx") or {}).get("error", "syntax error")
-            return ApiError(
-                400, "invalid_json", f"The body is not valid JSON ({reason}); send a JSON object."
-            )
+            return ApiError(400, "invalid_json", f"The body is not valid JSON ({reason}); send a JSON object.")
         # A body that was not declared as JSON arrives as raw bytes.
         if tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes | str):
             return ApiError(

@@ -42,9 +42,7 @@ def _resume_point(last_event_id: str | None) -> int:
     try:
         seq = int(last_event_id)
     except ValueError:
-        raise ApiError(
-            422, "invalid_request", "Last-Event-ID: must be the id of an event of this stream"
-        ) from None
+        raise ApiError(422, "invalid_request", "Last-Event-ID: must be the id of an event of this stream") from None
     if seq < 0:
         raise ApiError(422, "invalid_request", "Last-Event-ID: must not be negative")
     return seq
@@ -93,12 +91,8 @@ async def job_events(
     after_seq = _resume_point(last_event_id)
     # Ask for the job first, so an unknown job or another tenant's is a plain 404,
     # not a stream that fails after its 200.
-    await up.scheduler.GetJob(
-        scheduler_pb2.GetJobRequest(tenant=who.scope, job_id=job_id), timeout=up.timeout_s
-    )
-    call = up.scheduler.WatchJob(
-        scheduler_pb2.WatchJobRequest(tenant=who.scope, job_id=job_id, after_seq=after_seq)
-    )
+    await up.scheduler.GetJob(scheduler_pb2.GetJobRequest(tenant=who.scope, job_id=job_id), timeout=up.timeout_s)
+    call = up.scheduler.WatchJob(scheduler_pb2.WatchJobRequest(tenant=who.scope, job_id=job_id, after_seq=after_seq))
     return StreamingResponse(
         _relay(call),
         media_type="text/event-stream",

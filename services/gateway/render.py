@@ -23,8 +23,10 @@ QUEUE_STALL_S = 300.0
 def timestamp(seconds: float) -> str | None:
     if not seconds:
         return None
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # Whole milliseconds, rounded: a double holds .123 as .12299999.
+    millis = round(seconds * 1000)
+    moment = datetime.fromtimestamp(millis // 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis % 1000:03d}Z"
 
 
 def json_value(text: str) -> Any:
@@ -38,8 +40,10 @@ def json_value(text: str) -> Any:
 
 
 def job_status(value: scheduler_pb2.JobStatus.ValueType) -> str:
+    """The contract's name; an unset status (a scheduler that said nothing) reads as PENDING."""
     name = scheduler_pb2.JobStatus.Name(value) if value in scheduler_pb2.JobStatus.values() else ""
-    return name.removeprefix("JOB_") if name.startswith("JOB_") else "PENDING"
+    bare = name.removeprefix("JOB_")
+    return bare if bare in JOB_STATUSES else "PENDING"
 
 
 def item_status(value: scheduler_pb2.ItemStatus.ValueType) -> str:
@@ -141,9 +145,7 @@ def _queue_length(budget: str, lanes: dict[str, int]) -> int:
         return lanes[budget]
     # Replicate work waits on its create budget whatever the model, so it counts there.
     if budget == "replicate:create":
-        return sum(
-            n for name, n in lanes.items() if name.startswith("replicate:") and name != "replicate:read"
-        )
+        return sum(n for name, n in lanes.items() if name.startswith("replicate:") and name != "replicate:read")
     return 0
 
 

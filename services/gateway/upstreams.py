@@ -19,9 +19,7 @@ class Upstreams:
     def __init__(self, settings: Settings) -> None:
         self.timeout_s = settings.rpc_timeout_s
         self._scheduler_channel = grpc.aio.insecure_channel(settings.scheduler_addr, options=CHANNEL_OPTIONS)
-        self._ratelimiter_channel = grpc.aio.insecure_channel(
-            settings.ratelimiter_addr, options=CHANNEL_OPTIONS
-        )
+        self._ratelimiter_channel = grpc.aio.insecure_channel(settings.ratelimiter_addr, options=CHANNEL_OPTIONS)
         self.scheduler = scheduler_pb2_grpc.SchedulerStub(self._scheduler_channel)
         self.ratelimiter = ratelimiter_pb2_grpc.RateLimiterStub(self._ratelimiter_channel)
 

@@ -72,9 +72,7 @@ async def replicate_webhook(request: Request, up: Stubs) -> dict[str, Any]:
     body = await request.body()
     headers = {name: request.headers.get(name, "") for name in SIGNATURE_HEADERS}
     if not all(headers.values()):
-        raise ApiError(
-            401, "invalid_signature", "The webhook-id, -timestamp and -signature headers are required."
-        )
+        raise ApiError(401, "invalid_signature", "The webhook-id, -timestamp and -signature headers are required.")
     secrets: WebhookSecret = request.app.state.webhook_secret
     try:
         prediction = Webhook(await secrets.get()).verify(body, headers)

@@ -84,7 +84,7 @@ class FakeScheduler(Recorder, scheduler_pb2_grpc.SchedulerServicer):
     GetQueueStats = _unary("GetQueueStats", scheduler_pb2.QueueStats())
     ReportUpstreamResult = _unary("ReportUpstreamResult", scheduler_pb2.UpstreamResultResponse())
 
-    async def WatchJob(  # noqa: N802 - the gRPC method name
+    async def WatchJob(
         self, request: scheduler_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[scheduler_pb2.JobEvent]:
         events = await self.answer("WatchJob", request, context, [])
