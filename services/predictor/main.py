@@ -1,0 +1,56 @@
+"""`fairway run predictor`: wiring only."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import uvloop
+
+from services.common.grpc_server import create_server
+from services.common.logging import configure_logging, get_logger
+from services.common.metrics import start_metrics
+from services.predictor.config import PredictorConfig
+from services.predictor.providers.base import Provider
+from services.predictor.providers.openai_provider import OpenAIProvider
+from services.predictor.providers.replicate_provider import ReplicateProvider
+from services.predictor.worker import Worker
+from services.ratelimiter.client import BudgetClient
+
+log = get_logger(__name__)
+
+
+async def _run(config: PredictorConfig) -> None:
+    budgets = BudgetClient(config.ratelimiter_addr)
+    providers: dict[str, Provider] = {
+        "replicate": ReplicateProvider(config, budgets),
+        "openai": OpenAIProvider(config, budgets),
+    }
+    worker = Worker(config, providers, budgets)
+    # The predictor serves only health and reflection: Kubernetes probes it over gRPC.
+    server, port, health = create_server([], service_names=[], address=f"{config.host}:{config.port}")
+    await server.start()
+    await health.set(serving=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    work = asyncio.create_task(worker.run())
+    log.info("predictor %s: %d slots, health on port %d", config.worker_id, config.concurrency, port)
+    await asyncio.wait({work, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    await health.set(serving=False)
+    await worker.drain(config.grace_seconds)
+    work.cancel()
+    for provider in providers.values():
+        await provider.close()
+    await budgets.close()
+    await server.stop(1.0)
+    log.info("stopped")
+
+
+def main() -> int:
+    configure_logging("predictor")
+    config = PredictorConfig()
+    start_metrics(config.host, config.metrics_port)
+    uvloop.run(_run(config))
+    return 0

@@ -1,0 +1,3 @@
+"""The scheduler: tenants, jobs, items, credits; fair dispatch of items to predictors."""
+
+from __future__ import annotations

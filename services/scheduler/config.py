@@ -1,0 +1,35 @@
+"""Scheduler settings, from the environment (nowhere else reads it)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SchedulerConfig(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore")
+
+    database_url: str = Field(validation_alias="DATABASE_URL")
+    db_pool_min: int = Field(default=2, ge=1, validation_alias="DB_POOL_MIN")
+    db_pool_max: int = Field(default=20, ge=1, validation_alias="DB_POOL_MAX")
+    host: str = Field(default="127.0.0.1", validation_alias="FAIRWAY_SCHEDULER_HOST")
+    port: int = Field(default=50051, ge=0, validation_alias="FAIRWAY_SCHEDULER_PORT")
+    metrics_port: int = Field(default=9101, ge=0, validation_alias="FAIRWAY_SCHEDULER_METRICS_PORT")
+    ratelimiter_addr: str = Field(default="127.0.0.1:50052", validation_alias="FAIRWAY_RATELIMITER_ADDR")
+    admin_key: str = Field(default="", validation_alias="FAIRWAY_ADMIN_KEY")
+    # How long a predictor holds an item without a heartbeat before it is handed to another.
+    lease_seconds: float = Field(default=30.0, gt=0, validation_alias="FAIRWAY_LEASE_SECONDS")
+    max_attempts: int = Field(default=5, ge=1, validation_alias="FAIRWAY_MAX_ATTEMPTS")
+    retry_base_seconds: float = Field(default=1.0, ge=0, validation_alias="FAIRWAY_RETRY_BASE_SECONDS")
+    retry_max_seconds: float = Field(default=60.0, ge=0, validation_alias="FAIRWAY_RETRY_MAX_SECONDS")
+    # Largest number of items claimed in one dispatch round.
+    dispatch_batch: int = Field(default=256, ge=1, validation_alias="FAIRWAY_DISPATCH_BATCH")
+    # Credits reserved per item when a tenant's billing is on.
+    item_cost: int = Field(default=1, ge=0, validation_alias="FAIRWAY_ITEM_COST")
+    grace_seconds: float = Field(
+        default=10.0, ge=0, validation_alias=AliasChoices("FAIRWAY_GRACE_SECONDS", "FAIRWAY_SCHEDULER_GRACE")
+    )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"

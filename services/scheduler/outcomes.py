@@ -1,0 +1,193 @@
+"""What happens to a leased item: heartbeats, completion, failure and retry, expiry, cancel.
+
+Every change is fenced by the lease: only the current holder of a PROCESSING item can
+move it, so an item completes once however many predictors once held it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from fairway.scheduler.v1 import scheduler_pb2 as pb
+
+from services.common.logging import get_logger
+from services.scheduler.batching import GroupCommit
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.dispatcher import Dispatcher
+from services.scheduler.events import JobSignals
+from services.scheduler.jobs import Jobs
+from services.scheduler.metrics import OUTCOMES
+from services.scheduler.sql import QUERIES
+
+log = get_logger(__name__)
+
+
+class Outcomes:
+    def __init__(
+        self, pool: asyncpg.Pool, dispatcher: Dispatcher, signals: JobSignals, jobs: Jobs,
+        config: SchedulerConfig,
+    ) -> None:
+        self._pool = pool
+        self._dispatcher = dispatcher
+        self._signals = signals
+        self._jobs = jobs
+        self._config = config
+        self._completions = GroupCommit(self._flush_completions, max_batch=500)
+        self._failures = GroupCommit(self._flush_failures, max_batch=500)
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._dispatcher.on_hand_back = self.hand_back
+        self._reaper = asyncio.create_task(self._reap_forever(), name="lease-reaper")
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+
+    # ---- completion ----
+
+    async def complete(self, completions: Sequence[pb.Completion]) -> pb.OutcomeResponse:
+        accepted = await self._completions.submit_many(completions)
+        return _answer([c.lease.item_id for c in completions], accepted)
+
+    async def _flush_completions(self, batch: Sequence[pb.Completion]) -> list[bool]:
+        rows = await self._pool.fetch(
+            QUERIES["complete_items"],
+            [uuid.UUID(c.lease.item_id) for c in batch], [c.lease.lease for c in batch],
+            [c.output_json for c in batch], [c.usage_json or None for c in batch],
+        )
+        OUTCOMES.labels("done").inc(len(rows))
+        await self._after(rows)
+        done = {str(r["id"]) for r in rows}
+        return [c.lease.item_id in done for c in batch]
+
+    # ---- failure and retry ----
+
+    async def fail(self, failures: Sequence[pb.Failure]) -> pb.OutcomeResponse:
+        accepted = await self._failures.submit_many(failures)
+        return _answer([f.lease.item_id for f in failures], accepted)
+
+    async def _flush_failures(self, batch: Sequence[pb.Failure]) -> list[bool]:
+        rows = await self._apply_failures(
+            [uuid.UUID(f.lease.item_id) for f in batch], [f.lease.lease for f in batch],
+            [f.error[:4000] for f in batch], [f.retryable for f in batch],
+            [f.retry_after_s for f in batch], backoff=True,
+        )
+        failed = {str(r["id"]) for r in rows}
+        return [f.lease.item_id in failed for f in batch]
+
+    async def _apply_failures(
+        self, ids: list[uuid.UUID], leases: list[int], errors: list[str], retry: list[bool],
+        retry_after: list[float], *, backoff: bool, max_attempts: int | None = None,
+    ) -> list[Any]:
+        base = self._config.retry_base_seconds if backoff else 0.0
+        rows = await self._pool.fetch(
+            QUERIES["fail_items"], ids, leases, errors, retry, retry_after,
+            max_attempts or self._config.max_attempts, base, self._config.retry_max_seconds,
+        )
+        for row in rows:
+            if row["status"] == "PENDING":
+                OUTCOMES.labels("retry").inc()
+                self._dispatcher.add_backlog_later(row["delay_s"], row["lane"], row["tenant_id"], 1)
+            else:
+                OUTCOMES.labels("failed").inc()
+        await self._after(rows)
+        return list(rows)
+
+    # ---- leases ----
+
+    async def heartbeat(self, leases: Sequence[pb.LeaseRef]) -> pb.HeartbeatResponse:
+        rows = await self._pool.fetch(
+            QUERIES["heartbeat"], [uuid.UUID(r.item_id) for r in leases], [r.lease for r in leases],
+            self._config.lease_seconds,
+        )
+        held = {str(r["id"]) for r in rows}
+        return pb.HeartbeatResponse(lost=[r.item_id for r in leases if r.item_id not in held])
+
+    async def hand_back(self, leases: Sequence[pb.LeaseRef]) -> None:
+        """Items claimed for a predictor that never received them: PENDING again, no attempt lost."""
+        await self._apply_failures(
+            [uuid.UUID(r.item_id) for r in leases], [r.lease for r in leases],
+            ["not delivered to a predictor"] * len(leases), [True] * len(leases), [0.0] * len(leases),
+            backoff=False, max_attempts=self._config.max_attempts + 1,
+        )
+
+    async def record_upstream(self, lease: pb.LeaseRef, upstream_id: str) -> bool:
+        row = await self._pool.fetchval(QUERIES["record_upstream"], uuid.UUID(lease.item_id), lease.lease,
+                                        upstream_id)
+        return row is not None
+
+    async def reap_expired(self) -> int:
+        rows = await self._pool.fetch(QUERIES["expired_leases"], 1000)
+        if not rows:
+            return 0
+        log.info("%d leases expired; handing their items back", len(rows))
+        await self._apply_failures(
+            [r["id"] for r in rows], [r["lease"] for r in rows],
+            ["lease expired: the predictor stopped answering"] * len(rows),
+            [True] * len(rows), [0.0] * len(rows), backoff=False,
+        )
+        return len(rows)
+
+    async def _reap_forever(self) -> None:
+        period = max(0.1, self._config.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                while await self.reap_expired() >= 1000:
+                    pass
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("lease reaper: %s", exc)
+
+    # ---- cancel and upstream results ----
+
+    async def cancel(self, tenant: str, job_id: str) -> pb.Job:
+        """Cancel a job: pending items at once, in-flight ones fenced off from their holders."""
+        job = await self._jobs.get(tenant, job_id)
+        rows = await self._pool.fetch(QUERIES["cancel_job"], uuid.UUID(job.id), tenant)
+        for row in rows:
+            if row["was"] == "PENDING":
+                self._dispatcher.remove_backlog(row["lane"], row["tenant_id"], 1)
+            else:
+                self._dispatcher.finished(row["tenant_id"])
+        await self._pool.fetch(QUERIES["finish_jobs"], [uuid.UUID(job.id)])
+        self._signals.touch([job.id])
+        return await self._jobs.get(tenant, job_id)
+
+    async def upstream_result(self, result: pb.UpstreamResult) -> pb.UpstreamResultResponse:
+        row = await self._pool.fetchrow(QUERIES["item_by_upstream"], result.upstream_id)
+        if row is None:
+            return pb.UpstreamResultResponse(matched=False)
+        item_id = str(row["id"])
+        if row["status"] != "PROCESSING" or row["lease"] is None:
+            return pb.UpstreamResultResponse(matched=True, item_id=item_id)
+        lease = pb.LeaseRef(item_id=item_id, lease=row["lease"])
+        if result.status == "succeeded":
+            await self.complete([pb.Completion(lease=lease, output_json=result.output_json or "null",
+                                               usage_json=result.usage_json)])
+        elif result.status in ("failed", "canceled"):
+            await self.fail([pb.Failure(lease=lease, error=result.error or f"prediction {result.status}",
+                                        retryable=False)])
+        return pb.UpstreamResultResponse(matched=True, item_id=item_id)
+
+    async def _after(self, rows: Sequence[Any]) -> None:
+        """Bookkeeping after items left PROCESSING: slots, finished jobs, watchers."""
+        if not rows:
+            return
+        for row in rows:
+            self._dispatcher.finished(row["tenant_id"])
+        job_ids = list({row["job_id"] for row in rows})
+        await self._pool.fetch(QUERIES["finish_jobs"], job_ids)
+        self._signals.touch([str(j) for j in job_ids])
+
+
+def _answer(ids: Sequence[str], accepted: Sequence[bool]) -> pb.OutcomeResponse:
+    return pb.OutcomeResponse(
+        accepted=[i for i, ok in zip(ids, accepted, strict=True) if ok],
+        refused=[i for i, ok in zip(ids, accepted, strict=True) if not ok],
+    )
+

@@ -1,0 +1,243 @@
+-- Every query the scheduler runs, by name. Loaded once by `services/scheduler/sql.py`.
+
+-- name: create_tenant
+INSERT INTO tenants (id, key_hash, weight, max_concurrency, max_queued, credits)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (id) DO NOTHING
+RETURNING id, weight, max_concurrency, max_queued, credits;
+
+-- name: ledger_grant
+INSERT INTO credit_ledger (tenant_id, kind, amount) VALUES ($1, 'grant', $2);
+
+-- name: tenant_by_key
+SELECT id FROM tenants WHERE key_hash = $1;
+
+-- name: get_tenant
+SELECT t.id, t.weight, t.max_concurrency, t.max_queued, t.credits,
+       coalesce((SELECT sum(n_pending) FROM jobs j WHERE j.tenant_id = t.id AND j.finished_at IS NULL), 0)::bigint AS queued,
+       coalesce((SELECT sum(n_processing) FROM jobs j WHERE j.tenant_id = t.id AND j.finished_at IS NULL), 0)::bigint AS processing
+FROM tenants t WHERE t.id = $1;
+
+-- name: update_tenant
+UPDATE tenants SET
+    weight = coalesce($2, weight),
+    max_concurrency = CASE WHEN $3::boolean THEN NULL ELSE coalesce($4, max_concurrency) END,
+    max_queued = coalesce($5, max_queued)
+WHERE id = $1
+RETURNING id, weight, max_concurrency, max_queued, credits;
+
+-- name: add_credits
+UPDATE tenants SET credits = coalesce(credits, 0) + $2 WHERE id = $1 RETURNING credits;
+
+-- name: all_tenants
+SELECT id, weight, max_concurrency FROM tenants;
+
+-- name: lock_tenant
+SELECT id, max_queued, credits,
+       coalesce((SELECT sum(n_pending) FROM jobs j WHERE j.tenant_id = t.id AND j.finished_at IS NULL), 0)::bigint AS queued
+FROM tenants t WHERE id = $1 FOR UPDATE;
+
+-- name: job_by_idempotency_key
+SELECT id, request_hash FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2;
+
+-- name: reserve_credits
+UPDATE tenants SET credits = credits - $2 WHERE id = $1 AND credits >= $2 RETURNING credits;
+
+-- name: ledger_reserve
+INSERT INTO credit_ledger (tenant_id, kind, amount, job_id) VALUES ($1, 'reserve', $2, $3);
+
+-- name: insert_job
+INSERT INTO jobs (id, tenant_id, provider, model, operation, lane, priority, metadata,
+                  items_total, n_pending, idempotency_key, request_hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $9, $10, $11);
+
+-- name: insert_items
+INSERT INTO items (id, job_id, tenant_id, lane, priority, seq, ref, input, est_tokens, cost)
+SELECT gen_random_uuid(), $1, $2, $3, $4, u.seq, u.ref, u.input, u.est, $5
+FROM unnest($6::text[], $7::text[], $8::int[]) WITH ORDINALITY AS u(ref, input, est, seq);
+
+-- name: notify_backlog
+SELECT pg_notify('fairway_backlog', $1);
+
+-- name: get_job
+SELECT id, tenant_id, provider, model, operation, priority, metadata::text AS metadata, items_total,
+       n_pending, n_processing, n_done, n_failed, n_canceled, canceled,
+       created_at, updated_at, finished_at
+FROM jobs WHERE id = $1 AND ($2 = '' OR tenant_id = $2);
+
+-- name: list_jobs
+SELECT id, tenant_id, provider, model, operation, priority, metadata::text AS metadata, items_total,
+       n_pending, n_processing, n_done, n_failed, n_canceled, canceled,
+       created_at, updated_at, finished_at, seq
+FROM jobs
+WHERE ($1 = '' OR tenant_id = $1) AND seq < $2
+  AND ($3 = '' OR CASE $3
+        WHEN 'PENDING' THEN finished_at IS NULL AND n_pending = items_total
+        WHEN 'PROCESSING' THEN finished_at IS NULL AND n_pending < items_total
+        WHEN 'DONE' THEN finished_at IS NOT NULL AND NOT canceled AND n_failed = 0
+        WHEN 'FAILED' THEN finished_at IS NOT NULL AND NOT canceled AND n_failed > 0
+        WHEN 'CANCELED' THEN canceled END)
+ORDER BY seq DESC LIMIT $4;
+
+-- name: list_items
+SELECT id, job_id, ref, status, attempts, output, error, usage, change_seq, seq,
+       created_at, started_at, finished_at
+FROM items
+WHERE job_id = $1 AND seq > $2 AND ($3 = '' OR status = $3)
+ORDER BY seq LIMIT $4;
+
+-- name: items_changed_since
+SELECT id, job_id, ref, status, attempts, output, error, usage, change_seq, seq,
+       created_at, started_at, finished_at
+FROM items WHERE job_id = $1 AND change_seq > $2
+ORDER BY change_seq LIMIT $3;
+
+-- name: backlog
+SELECT lane, tenant_id, count(*)::bigint AS n, avg(est_tokens)::float8 AS est
+FROM items WHERE status = 'PENDING' GROUP BY lane, tenant_id;
+
+-- name: processing_by_tenant
+SELECT tenant_id, count(*)::bigint AS n FROM items WHERE status = 'PROCESSING' GROUP BY tenant_id;
+
+-- name: claim_items
+-- Take up to n[i] ready items of tenant[i] in one lane: one index range scan per tenant.
+WITH wanted AS (
+    SELECT * FROM unnest($2::text[], $3::int[]) AS w(tenant_id, n)
+), picked AS (
+    SELECT c.id FROM wanted w CROSS JOIN LATERAL (
+        SELECT id FROM items
+        WHERE lane = $1 AND tenant_id = w.tenant_id AND status = 'PENDING' AND run_after <= now()
+        ORDER BY priority DESC, run_after, seq
+        LIMIT w.n FOR UPDATE SKIP LOCKED
+    ) c
+), claimed AS (
+    UPDATE items i SET status = 'PROCESSING', lease = nextval('leases'), worker = $4,
+        attempts = attempts + 1, leased_until = now() + make_interval(secs => $5),
+        started_at = coalesce(started_at, now()), change_seq = nextval('item_changes')
+    FROM picked WHERE i.id = picked.id
+    RETURNING i.id, i.job_id, i.tenant_id, i.lease, i.attempts, i.input, i.upstream_id, i.leased_until
+), counted AS (
+    UPDATE jobs j SET n_pending = n_pending - c.n, n_processing = n_processing + c.n, updated_at = now()
+    FROM (SELECT job_id, count(*) AS n FROM claimed GROUP BY job_id) c WHERE j.id = c.job_id
+)
+SELECT c.*, j.provider, j.model, j.operation
+FROM claimed c JOIN jobs j ON j.id = c.job_id;
+
+-- name: heartbeat
+UPDATE items i SET leased_until = now() + make_interval(secs => $3)
+FROM unnest($1::uuid[], $2::bigint[]) AS h(id, lease)
+WHERE i.id = h.id AND i.lease = h.lease AND i.status = 'PROCESSING'
+RETURNING i.id;
+
+-- name: record_upstream
+UPDATE items SET upstream_id = $3 WHERE id = $1 AND lease = $2 AND status = 'PROCESSING'
+RETURNING id;
+
+-- name: complete_items
+-- Fenced: only the current lease holder of a PROCESSING item completes it, once.
+WITH done AS (
+    UPDATE items i SET status = 'DONE', output = c.output, usage = c.usage, error = NULL,
+        finished_at = now(), lease = NULL, leased_until = NULL, change_seq = nextval('item_changes')
+    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS c(id, lease, output, usage)
+    WHERE i.id = c.id AND i.lease = c.lease AND i.status = 'PROCESSING'
+    RETURNING i.id, i.job_id, i.tenant_id, i.cost
+), counted AS (
+    UPDATE jobs j SET n_processing = n_processing - d.n, n_done = n_done + d.n, updated_at = now()
+    FROM (SELECT job_id, count(*) AS n FROM done GROUP BY job_id) d WHERE j.id = d.job_id
+), charged AS (
+    INSERT INTO credit_ledger (tenant_id, kind, amount, job_id, item_id)
+    SELECT tenant_id, 'charge', 0, job_id, id FROM done WHERE cost > 0
+)
+SELECT id, job_id, tenant_id FROM done;
+
+-- name: fail_items
+-- Fenced. A retryable failure with attempts left goes back to PENDING after exponential
+-- backoff with full jitter (never sooner than the upstream's retry-after); anything else
+-- is FAILED and its credits are refunded. $6 max attempts, $7 backoff base s, $8 backoff cap s.
+WITH f AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::boolean[], $5::float8[])
+        AS f(id, lease, error, retry, retry_after)
+), changed AS (
+    UPDATE items i SET
+        status = CASE WHEN f.retry AND i.attempts < $6 THEN 'PENDING' ELSE 'FAILED' END,
+        error = f.error,
+        run_after = now() + make_interval(secs => greatest(
+            f.retry_after, random() * least($8::float8, $7::float8 * 2 ^ greatest(i.attempts - 1, 0)))),
+        finished_at = CASE WHEN f.retry AND i.attempts < $6 THEN NULL ELSE now() END,
+        lease = NULL, leased_until = NULL, worker = NULL, change_seq = nextval('item_changes')
+    FROM f WHERE i.id = f.id AND i.lease = f.lease AND i.status = 'PROCESSING'
+    RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.cost, i.status,
+              extract(epoch FROM i.run_after - now())::float8 AS delay_s
+), counted AS (
+    UPDATE jobs j SET n_processing = n_processing - c.n,
+        n_pending = n_pending + c.retried, n_failed = n_failed + c.failed, updated_at = now()
+    FROM (SELECT job_id, count(*) AS n,
+                 count(*) FILTER (WHERE status = 'PENDING') AS retried,
+                 count(*) FILTER (WHERE status = 'FAILED') AS failed
+          FROM changed GROUP BY job_id) c
+    WHERE j.id = c.job_id
+), refunded AS (
+    UPDATE tenants t SET credits = credits + r.amount
+    FROM (SELECT tenant_id, sum(cost) AS amount FROM changed WHERE status = 'FAILED' AND cost > 0
+          GROUP BY tenant_id) r
+    WHERE t.id = r.tenant_id
+), ledger AS (
+    INSERT INTO credit_ledger (tenant_id, kind, amount, job_id, item_id)
+    SELECT tenant_id, 'refund', cost, job_id, id FROM changed WHERE status = 'FAILED' AND cost > 0
+)
+SELECT id, job_id, tenant_id, lane, status, delay_s FROM changed;
+
+-- name: expired_leases
+-- Leases whose holder went silent: hand them back (attempt already counted) or fail them.
+SELECT id, lease FROM items WHERE status = 'PROCESSING' AND leased_until < now()
+ORDER BY leased_until LIMIT $1;
+
+-- name: cancel_job
+WITH j AS (
+    UPDATE jobs SET canceled = true, updated_at = now()
+    WHERE id = $1 AND ($2 = '' OR tenant_id = $2) AND finished_at IS NULL
+    RETURNING id
+), old AS (
+    SELECT i.id, i.status FROM items i JOIN j ON i.job_id = j.id
+    WHERE i.status IN ('PENDING', 'PROCESSING') FOR UPDATE OF i
+), changed AS (
+    UPDATE items i SET status = 'CANCELED', finished_at = now(), lease = NULL, leased_until = NULL,
+        change_seq = nextval('item_changes')
+    FROM old WHERE i.id = old.id
+    RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.cost, i.upstream_id, old.status AS was
+), counted AS (
+    UPDATE jobs x SET n_pending = n_pending - c.p, n_processing = n_processing - c.r,
+        n_canceled = n_canceled + c.p + c.r
+    FROM (SELECT job_id, count(*) FILTER (WHERE was = 'PENDING') AS p,
+                 count(*) FILTER (WHERE was = 'PROCESSING') AS r FROM changed GROUP BY job_id) c
+    WHERE x.id = c.job_id
+), refunded AS (
+    UPDATE tenants t SET credits = credits + r.amount
+    FROM (SELECT tenant_id, sum(cost) AS amount FROM changed WHERE cost > 0 GROUP BY tenant_id) r
+    WHERE t.id = r.tenant_id
+), ledger AS (
+    INSERT INTO credit_ledger (tenant_id, kind, amount, job_id, item_id)
+    SELECT tenant_id, 'refund', cost, job_id, id FROM changed WHERE cost > 0
+)
+SELECT id, lane, tenant_id, was, upstream_id FROM changed;
+
+-- name: finish_jobs
+UPDATE jobs SET finished_at = now(), updated_at = now()
+WHERE id = ANY($1::uuid[]) AND finished_at IS NULL AND n_pending = 0 AND n_processing = 0
+RETURNING id;
+
+-- name: item_by_upstream
+SELECT id, lease, status FROM items WHERE upstream_id = $1;
+
+-- name: queue_by_tenant
+SELECT tenant_id, count(*) FILTER (WHERE status = 'PENDING')::bigint AS queued,
+       count(*) FILTER (WHERE status = 'PROCESSING')::bigint AS processing,
+       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'PENDING')), 0)::float8
+           AS oldest_age
+FROM items WHERE status IN ('PENDING', 'PROCESSING') GROUP BY tenant_id;
+
+-- name: queue_by_lane
+SELECT lane, count(*) FILTER (WHERE status = 'PENDING')::bigint AS queued,
+       count(*) FILTER (WHERE status = 'PROCESSING')::bigint AS processing,
+       count(DISTINCT tenant_id)::bigint AS tenants
+FROM items WHERE status IN ('PENDING', 'PROCESSING') GROUP BY lane;

@@ -1,0 +1,91 @@
+"""Wiring of the scheduler's parts into one gRPC server, apart from `main`.
+
+    app = await create_scheduler(config)
+    await serve(app.server, app.health, grace_s=config.grace_seconds, on_stop=app.close)
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+from fairway.scheduler.v1 import scheduler_pb2_grpc
+
+from services.common.errors import FairwayError
+from services.common.grpc_errors import ErrorMapping
+from services.common.grpc_server import HealthState, create_server
+from services.ratelimiter.client import BudgetClient
+from services.ratelimiter.errors import BudgetUnavailable
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.dispatch_servicer import DispatchServicer
+from services.scheduler.dispatcher import Dispatcher
+from services.scheduler.errors import DependencyDown
+from services.scheduler.events import JobSignals
+from services.scheduler.jobs import Jobs
+from services.scheduler.migrations import migrate
+from services.scheduler.outcomes import Outcomes
+from services.scheduler.servicer import SchedulerServicer
+from services.scheduler.tenants import TenantDirectory
+from services.scheduler.workers import WorkerRegistry
+
+SERVICE_NAMES = ("fairway.scheduler.v1.Scheduler", "fairway.scheduler.v1.Dispatch")
+
+
+def _translate(exc: Exception) -> FairwayError | None:
+    if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                        asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)):
+        return DependencyDown("the database is not reachable; retry shortly", retry_after_s=1.0)
+    if isinstance(exc, BudgetUnavailable):
+        return DependencyDown("the ratelimiter is not reachable; retry shortly", retry_after_s=1.0)
+    return None
+
+
+@dataclass
+class SchedulerApp:
+    server: grpc.aio.Server
+    port: int
+    health: HealthState
+    pool: asyncpg.Pool
+    dispatcher: Dispatcher
+    outcomes: Outcomes
+    budgets: BudgetClient
+
+    async def close(self) -> None:
+        await self.outcomes.stop()
+        await self.dispatcher.stop()
+        await self.budgets.close()
+        await self.pool.close()
+
+
+async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
+    """Migrate the database, load the dispatch state, and build the (unstarted) server."""
+    conn = await asyncpg.connect(config.database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(config.database_url, min_size=config.db_pool_min,
+                                     max_size=config.db_pool_max)
+    replica = uuid.uuid4().hex[:12]
+    budgets = BudgetClient(config.ratelimiter_addr)
+    tenants = TenantDirectory(pool)
+    await tenants.load()
+    dispatcher = Dispatcher(pool, budgets, WorkerRegistry(), tenants, config, replica)
+    signals = JobSignals()
+    jobs = Jobs(pool, item_cost=config.item_cost, replica=replica, on_backlog=dispatcher.add_backlog)
+    outcomes = Outcomes(pool, dispatcher, signals, jobs, config)
+    await dispatcher.start()
+    outcomes.start()
+    server, port, health = create_server(
+        [
+            (scheduler_pb2_grpc.add_SchedulerServicer_to_server,
+             SchedulerServicer(pool, tenants, jobs, outcomes, dispatcher, signals)),
+            (scheduler_pb2_grpc.add_DispatchServicer_to_server, DispatchServicer(dispatcher, outcomes)),
+        ],
+        service_names=SERVICE_NAMES,
+        address=config.address,
+        interceptors=[ErrorMapping(_translate)],
+    )
+    return SchedulerApp(server, port, health, pool, dispatcher, outcomes, budgets)
