@@ -68,6 +68,10 @@ class RateLimiter:
         if SEP in tenant or len(tenant) > 200:
             raise InvalidBudgetRequest(f"tenant must be at most 200 characters without {SEP!r}")
         budget = self.book.get(budget_name)
+        if all_or_nothing and count > budget.burst:
+            raise InvalidBudgetRequest(
+                f"{count} grants of {budget.name} can never be granted at once: its burst is {budget.burst}"
+            )
         started = time.perf_counter()
         prefix = self._serials.batch_prefix()
         decision = await self._guard(
