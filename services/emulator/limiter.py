@@ -90,7 +90,15 @@ class Budget:
     each foreign request costs the average tokens per request at the limits.
     """
 
-    __slots__ = ("_foreign_done", "_foreign_rate", "_foreign_start", "_foreign_tokens", "requests", "tokens")
+    __slots__ = (
+        "_foreign_done",
+        "_foreign_pending",
+        "_foreign_rate",
+        "_foreign_start",
+        "_foreign_tokens",
+        "requests",
+        "tokens",
+    )
 
     def __init__(
         self,
@@ -105,6 +113,7 @@ class Budget:
         self._foreign_tokens = max(1, self.tokens[0].capacity // primary.capacity) if self.tokens else 0
         self._foreign_start: float | None = None
         self._foreign_done = 0
+        self._foreign_pending = 0
 
     def acquire(self, now: float, tokens: int = 0) -> Decision:
         """Admit one request costing `tokens`, or say why not and for how long."""
@@ -131,6 +140,8 @@ class Budget:
         return max(waits)
 
     def _take_foreign(self, now: float) -> None:
+        # The other service sends at a steady rate; a request of it that does not fit is
+        # retried at the next chance, ahead of this key's own (it was there first).
         if self._foreign_start is None:
             self._foreign_start = now
         interval = 1.0 / self._foreign_rate
@@ -140,13 +151,21 @@ class Budget:
         self._foreign_done = max(self._foreign_done, due - math.ceil(horizon * self._foreign_rate))
         while self._foreign_done < due:
             self._foreign_done += 1
-            at = self._foreign_start + self._foreign_done * interval
-            cost = self._foreign_tokens
-            if all(w.fits(at) for w in self.requests) and all(w.fits(at, cost) for w in self.tokens):
-                for window in self.requests:
-                    window.add(at)
-                for window in self.tokens:
-                    window.add(at, cost)
+            if not self._take_one(self._foreign_start + self._foreign_done * interval):
+                self._foreign_pending += 1
+        while self._foreign_pending and self._take_one(now):
+            self._foreign_pending -= 1
+        self._foreign_pending = min(self._foreign_pending, self.requests[0].capacity)
+
+    def _take_one(self, at: float) -> bool:
+        cost = self._foreign_tokens
+        if not (all(w.fits(at) for w in self.requests) and all(w.fits(at, cost) for w in self.tokens)):
+            return False
+        for window in self.requests:
+            window.add(at)
+        for window in self.tokens:
+            window.add(at, cost)
+        return True
 
     def remaining(self, now: float) -> tuple[int, int]:
         """(requests, tokens) that would still be admitted now."""

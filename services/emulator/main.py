@@ -38,5 +38,6 @@ def main() -> int:
         access_log=False,
         log_level="warning",
         timeout_keep_alive=75,
+        server_header=False,
     )
     return 0
