@@ -1,0 +1,79 @@
+"""The control law alone, then its state shared by replicas running as child processes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.ratelimiter.client import BudgetClient
+from services.ratelimiter.feedback import MIN_HOLD_S, Observation, OwnUsage, correct
+from tests.ratelimiter.conftest import SLOW_LIMITS, Replicas
+
+IDLE = OwnUsage(requests_fraction=0.0, tokens_fraction=0.0, published_rpm=1000, published_tpm=100_000)
+
+
+def test_no_evidence_no_correction() -> None:
+    fix = correct(Observation(remaining_requests=990, limit_requests=1000), IDLE, utilization=0.98,
+                  default_cooldown_s=1.0)
+    assert fix.target_factor is None and fix.multiplier == 1.0 and fix.cooldown_s == 0.0
+
+
+def test_foreign_usage_lowers_the_target_to_what_is_left() -> None:
+    ours = OwnUsage(requests_fraction=0.4, tokens_fraction=0.0, published_rpm=1000, published_tpm=100_000)
+    # The provider sees 70% used, we account for 40%: someone else uses 30%.
+    fix = correct(Observation(remaining_requests=300, limit_requests=1000), ours, utilization=0.98,
+                  default_cooldown_s=1.0)
+    assert fix.target_factor == pytest.approx((0.98 - 0.30) / 0.98)
+
+
+def test_lower_provider_limit_and_token_shortage_take_the_minimum() -> None:
+    fix = correct(Observation(remaining_requests=500, limit_requests=500, remaining_tokens=10_000,
+                              limit_tokens=100_000), IDLE, utilization=1.0, default_cooldown_s=1.0)
+    assert fix.target_factor == pytest.approx(0.1)  # tokens: 90% used by someone else
+
+
+def test_throttle_halves_and_cools_down() -> None:
+    fix = correct(Observation(throttled=True, retry_after_s=3.0), IDLE, utilization=0.98, default_cooldown_s=1.0)
+    assert (fix.multiplier, fix.cooldown_s, fix.hold_s) == (0.5, 3.0, 3.0)
+    bare = correct(Observation(throttled=True), IDLE, utilization=0.98, default_cooldown_s=1.0)
+    assert (bare.cooldown_s, bare.hold_s) == (1.0, MIN_HOLD_S)
+    empty = correct(Observation(remaining_tokens=0, reset_tokens_s=7.5), IDLE, utilization=0.98,
+                    default_cooldown_s=1.0)
+    assert empty.cooldown_s == 7.5 and empty.multiplier == 1.0
+
+
+async def test_cooldown_and_rate_factor_are_shared_by_replicas(redis_url: str, replicas: Replicas) -> None:
+    limits = {**SLOW_LIMITS, "replicate": {"create_rpm": 6000, "read_rpm": 600}}
+    (_, a), (_, b), (_, c) = replicas(3, redis_url, limits, FAIRWAY_RATELIMITER_RECOVERY_S="3")
+    ca, cb, cc = BudgetClient(a), BudgetClient(b), BudgetClient(c)
+    try:
+        # A 429 seen by a predictor talking to replica a ...
+        await ca.report_upstream("replicate:create", throttled=True, retry_after_s=30.0)
+        # ... stops replicas b and c too, for the provider's retry-after.
+        for client in (cb, cc):
+            denied = await client.acquire("replicate:create", 5)
+            assert denied.grants == [] and denied.limited_by == "cooldown"
+            assert 25.0 < denied.retry_after_s <= 30.0
+        rows = {s.name: s for s in (await cc.stats()).budgets}
+        assert rows["replicate:create"].rate_factor < 0.6
+        assert rows["replicate:create"].cooldown_until > 0
+
+        # Headers saying others use most of replicate:read lower every replica's rate at once.
+        await cb.report_upstream("replicate:read", remaining_requests=120, limit_requests=600)
+        factor = {s.name: s for s in (await ca.stats()).budgets}["replicate:read"].rate_factor
+        assert 0.05 <= factor < 0.25
+        # A second replica reporting the same shortage does not lower it again.
+        await cc.report_upstream("replicate:read", remaining_requests=120, limit_requests=600)
+        again = {s.name: s for s in (await ca.stats()).budgets}["replicate:read"].rate_factor
+        assert again >= factor
+
+        # Then it recovers by itself (3 s from 0 to 1 here), seen by every replica.
+        async def recovered(client: BudgetClient) -> None:
+            while {s.name: s for s in (await client.stats()).budgets}["replicate:read"].rate_factor < 1.0:
+                await asyncio.sleep(0.1)
+
+        await asyncio.wait_for(asyncio.gather(recovered(ca), recovered(cb), recovered(cc)), timeout=15)
+    finally:
+        for client in (ca, cb, cc):
+            await client.close()
