@@ -23,8 +23,12 @@ def parse(stream: str) -> list[dict[str, str]]:
 def events() -> list[scheduler_pb2.JobEvent]:
     item = scheduler_pb2.Item(id="i1", job_id="job-1", ref="r1", status=scheduler_pb2.PROCESSING, attempts=1)
     done_item = scheduler_pb2.Item(id="i1", job_id="job-1", ref="r1", status=scheduler_pb2.DONE, output_json='"ok"')
-    running = scheduler_pb2.Job(id="job-1", status=scheduler_pb2.JOB_PROCESSING, counts={"processing": 1})
-    done = scheduler_pb2.Job(id="job-1", status=scheduler_pb2.JOB_DONE, counts={"done": 1}, finished_at=1.5)
+    running = scheduler_pb2.Job(
+        id="job-1", status=scheduler_pb2.JOB_PROCESSING, counts=scheduler_pb2.ItemCounts(processing=1)
+    )
+    done = scheduler_pb2.Job(
+        id="job-1", status=scheduler_pb2.JOB_DONE, counts=scheduler_pb2.ItemCounts(done=1), finished_at=1.5
+    )
     return [
         scheduler_pb2.JobEvent(seq=1, item=item),
         scheduler_pb2.JobEvent(seq=2, job=running),
