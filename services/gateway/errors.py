@@ -141,8 +141,11 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
         if err.get("type") == "json_invalid":
             reason = (err.get("ctx") or {}).get("error", "syntax error")
             return ApiError(400, "invalid_json", f"The body is not valid JSON ({reason}); send a JSON object.")
+        at_body = tuple(err.get("loc", ())) == ("body",)
+        if at_body and err.get("type") == "missing":
+            return ApiError(400, "invalid_json", "The body is empty; send a JSON object.")
         # A body that was not declared as JSON arrives as raw bytes.
-        if tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes | str):
+        if at_body and isinstance(err.get("input"), bytes | str):
             return ApiError(
                 400,
                 "invalid_json",

@@ -39,6 +39,11 @@ async def test_body_that_is_not_json_is_400(client: httpx.AsyncClient, fakes: Fa
     envelope(r, 400, "invalid_json")
 
 
+async def test_empty_body_is_400(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    envelope(await client.post("/v1/tenants", headers=ADMIN), 400, "invalid_json")
+    assert fakes.scheduler.calls("CreateTenant") == []
+
+
 async def test_missing_and_unknown_keys_are_401(client: httpx.AsyncClient, fakes: Fakes) -> None:
     envelope(await client.get("/v1/jobs"), 401, "unauthorized")
     envelope(await client.get("/v1/jobs", headers={"Authorization": "Basic abc"}), 401, "unauthorized")
