@@ -192,8 +192,7 @@ class ReplicateApi:
             raise ReplicateError(422, "input: input is required and must be an object")
         model, version = self._model_version(model_path, body.get("version"))
         webhook, events = self._webhook_options(body)
-        prediction = self._new(call, model, version, payload)
-        prediction.webhook, prediction.events = webhook, events
+        prediction = self._new(call, model, version, payload, webhook, events)
         self._schedule(prediction)
         wait = _prefer_wait(call.header(b"prefer"))
         if wait and prediction.status not in TERMINAL:
@@ -266,7 +265,15 @@ class ReplicateApi:
             raise ReplicateError(422, f"webhook_events_filter: each event must be one of {', '.join(EVENTS)}")
         return webhook, events
 
-    def _new(self, call: Call, model: str, version: str, payload: dict[str, Any]) -> Prediction:
+    def _new(
+        self,
+        call: Call,
+        model: str,
+        version: str,
+        payload: dict[str, Any],
+        webhook: str | None,
+        events: frozenset[str],
+    ) -> Prediction:
         self._serial += 1
         pid = _prediction_id(self._s.seed, self._serial)
         prediction = Prediction(pid, call.key, model, version, payload, call.base_url())
@@ -275,7 +282,7 @@ class ReplicateApi:
         occurrence = self._seen.get(seen_key, 0)
         self._seen[seen_key] = occurrence + 1
         prediction.digest = hashlib.sha256(f"{self._s.seed}|{occurrence}|".encode() + seen_key).digest()
-        prediction.output = None
+        prediction.webhook, prediction.events = webhook, events
         self._predictions[pid] = prediction
         self._by_key.setdefault(call.key, []).append(prediction)
         self._emit(prediction, "start")

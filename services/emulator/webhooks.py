@@ -13,15 +13,19 @@ waiting `webhook_backoff_seconds` (provider time) and doubling.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import uuid
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import httpx
 from standardwebhooks import Webhook
 
 from services.common.logging import get_logger
 from services.emulator.accounting import Accounting
 from services.emulator.config import EmulatorSettings
+
+if TYPE_CHECKING:
+    import httpx
 
 log = get_logger(__name__)
 
@@ -34,7 +38,15 @@ class WebhookSender:
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @staticmethod
+    def warm_up() -> None:
+        """Import the HTTP client ahead of the first webhook (slow to import; call off-loop)."""
+        importlib.import_module("httpx")
+
     def _http(self) -> httpx.AsyncClient:
+        # Imported here, not at the top: it takes seconds, and most runs send no webhook.
+        import httpx
+
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._settings.webhook_timeout_seconds)
         return self._client
@@ -69,7 +81,7 @@ class WebhookSender:
                     counts["delivered"] += 1
                     return
                 reason = f"status {response.status_code}"
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # any failure to deliver is the receiver's failure
                 reason = type(exc).__name__
             counts["failed_attempts"] += 1
             if attempt + 1 < attempts:
