@@ -38,7 +38,7 @@ class ReplicateProvider:
         )
         # The SDK retries reads on 429/503 on its own; every call Fairway makes must be
         # paid from a budget and backed off by the scheduler, so those retries are off.
-        self._client._async_client._transport.max_attempts = 1
+        self._client._async_client._transport.max_attempts = 1  # type: ignore[attr-defined]
         self._budgets = budgets
         self._config = config
         self._webhook = f"{config.public_url.rstrip('/')}/v1/webhooks/replicate" if config.public_url else ""
