@@ -35,7 +35,10 @@ if cooldown_until > now then
   return {0, now, cooldown_until - now, 'cooldown', 0, tostring(factor)}
 end
 
-local big = 1e18
+-- Microsecond times exceed tostring's 14 significant digits: write them whole, rounded up
+-- (rounding down would hand out a sliver of budget at every write).
+local function us(x) return string.format('%.0f', math.ceil(x)) end
+
 -- Each dimension: {name, key, T, burst_time, per-grant cost in time, check_then_charge}
 local dims = {}
 local req_T = tonumber(ARGV[4]) / factor
@@ -104,7 +107,7 @@ if all_or_nothing and n < count then n = 0 end
 if n > 0 then
   for i, d in ipairs(dims) do
     local tat = bases[i] + n * d[5]
-    redis.call('SET', d[2], tostring(tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+    redis.call('SET', d[2], us(tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
   end
   if max_in_flight > 0 or tenant_max > 0 then
     local members = {}

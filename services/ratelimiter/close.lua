@@ -29,7 +29,7 @@ local function shift(key, delta)
   if new <= now then
     redis.call('DEL', key)
   else
-    redis.call('SET', key, tostring(new), 'PX', math.ceil((new - now) / 1000) + 1000)
+    redis.call('SET', key, string.format('%.0f', math.ceil(new)), 'PX', math.ceil((new - now) / 1000) + 1000)
   end
 end
 

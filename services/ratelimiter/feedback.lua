@@ -34,12 +34,13 @@ end
 if target >= 0 and target < new then new = target end
 new = math.max(min_factor, new)
 if new < current then
-  redis.call('HSET', KEYS[1], 'factor', tostring(new), 'at', tostring(now))
+  redis.call('HSET', KEYS[1], 'factor', tostring(new), 'at', string.format('%.0f', now))
 else
   new = current
 end
 if now + cooldown > cooldown_until then cooldown_until = now + cooldown end
-redis.call('HSET', KEYS[1], 'cooldown_until', tostring(cooldown_until), 'hold_until', tostring(hold_until))
+redis.call('HSET', KEYS[1], 'cooldown_until', string.format('%.0f', cooldown_until),
+  'hold_until', string.format('%.0f', hold_until))
 -- Forget the state once it has fully recovered and every cooldown has passed.
 local alive = math.max((1 - new) / recovery, cooldown_until - now, hold_until - now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(alive / 1000) + 60000)
