@@ -1,8 +1,8 @@
 """A webhook receiver on a thread: records every delivery, can fail the first N of them.
 
-    with WebhookReceiver(fail_first=2) as hooks:
-        ... create a prediction with webhook=hooks.url ...
-        deliveries = hooks.wait_for(lambda d: any(x.event_status == "succeeded" for x in d))
+with WebhookReceiver(fail_first=2) as hooks:
+    ... create a prediction with webhook=hooks.url ...
+    deliveries = hooks.wait_for(lambda d: any(x.event_status == "succeeded" for x in d))
 """
 
 from __future__ import annotations

@@ -57,8 +57,7 @@ def test_versioned_create_and_run(emulator: Emulator) -> None:
 def test_every_input_gets_its_own_output(emulator: Emulator) -> None:
     c = client(emulator)
     outputs = [
-        c.models.predictions.create(model=MODEL, input={"prompt": f"item {i}"}, wait=True).output
-        for i in range(5)
+        c.models.predictions.create(model=MODEL, input={"prompt": f"item {i}"}, wait=True).output for i in range(5)
     ]
     assert len(set(outputs)) == 5
 
@@ -74,7 +73,7 @@ def test_cancel(emulator: Emulator) -> None:
 
 def test_list_pages_newest_first(emulator: Emulator) -> None:
     c = client(emulator)
-    ids = [c.models.predictions.create(model="slow/model", input={"i": i}).id for i in range(130)]
+    ids = [c.models.predictions.create(model="slow/model", input={"i": i}).id for i in range(105)]
     first = c.predictions.list()
     assert [p.id for p in first.results] == ids[::-1][:100] and first.previous is None
     assert first.next is not None
@@ -107,7 +106,9 @@ def test_webhooks_are_signed_and_follow_the_filter(emulator: Emulator) -> None:
     assert secret.key == WEBHOOK_SECRET
     with WebhookReceiver() as hooks:
         c.models.predictions.create(
-            model=MODEL, input={"prompt": "hooked"}, webhook=hooks.url,
+            model=MODEL,
+            input={"prompt": "hooked"},
+            webhook=hooks.url,
             webhook_events_filter=["start", "output", "logs", "completed"],
         )
         deliveries = hooks.wait_for(lambda d: any(x.event_status == "succeeded" for x in d))
@@ -156,7 +157,8 @@ def test_create_limit_surfaces_as_replicate_error(strict_emulator: Emulator) -> 
     assert caught.value.detail.startswith("Request was throttled. Your rate limit resets in ~")
     raw = httpx.post(
         f"{strict_emulator.url}/v1/models/{MODEL}/predictions",
-        json={"input": {}}, headers={"authorization": f"Bearer {token}"},
+        json={"input": {}},
+        headers={"authorization": f"Bearer {token}"},
     )
     assert raw.status_code == 429 and int(raw.headers["retry-after"]) >= 1
     assert raw.headers["ratelimit-remaining"] == "0" and int(raw.headers["ratelimit-reset"]) >= 1

@@ -1,0 +1,97 @@
+"""The `/_emulator/` endpoints: health, stats, reset; and seeded faults."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import replicate
+from replicate.exceptions import ReplicateError
+
+from tests.emulator.conftest import Emulator
+
+MODEL = "google/nano-banana"
+
+
+def test_health_shows_settings_without_the_secret(emulator: Emulator) -> None:
+    body = httpx.get(f"{emulator.url}/_emulator/health").json()
+    assert body["status"] == "ok" and "webhook_secret" not in body["settings"]
+    assert body["limits"]["replicate"]["create_rpm"] == 6000
+
+
+def test_stats_count_each_key_and_endpoint(strict_emulator: Emulator) -> None:
+    key = f"r8_{uuid.uuid4().hex}"
+    c = replicate.Client(api_token=key, base_url=strict_emulator.url)
+    outcomes = []
+    for i in range(5):
+        try:
+            c.models.predictions.create(model=MODEL, input={"i": i})
+            outcomes.append("accepted")
+        except ReplicateError:
+            outcomes.append("rejected")
+    c.webhooks.default.secret()
+    stats = httpx.get(f"{strict_emulator.url}/_emulator/stats", params={"key": key}).json()
+    assert list(stats["keys"]) == [key]
+    create = stats["keys"][key]["replicate.create"]
+    assert create["accepted"] == outcomes.count("accepted") == 3
+    assert create["rejected"] == outcomes.count("rejected") == 2
+    assert sum(row[1] for row in create["per_second"]) == 3
+    assert sum(row[2] for row in create["per_second"]) == 2
+    assert stats["keys"][key]["replicate.webhook_secret"]["accepted"] == 1
+
+
+def _outcomes(emulator: Emulator, n: int) -> list[str]:
+    seen = []
+    with httpx.Client(base_url=emulator.url, headers={"authorization": "Bearer faults"}) as http:
+        for _ in range(n):
+            try:
+                seen.append(str(http.get("/v1/webhooks/default/secret").status_code))
+            except httpx.TransportError:
+                seen.append("reset")
+    return seen
+
+
+def test_faults_are_reproducible_by_seed(faulty_emulator: Emulator) -> None:
+    httpx.post(f"{faulty_emulator.url}/_emulator/reset")
+    first = _outcomes(faulty_emulator, 40)
+    assert "200" in first and "reset" in first and {"500", "502", "503"} & set(first)
+    httpx.post(f"{faulty_emulator.url}/_emulator/reset")
+    assert _outcomes(faulty_emulator, 40) == first
+    stats = httpx.get(f"{faulty_emulator.url}/_emulator/stats", params={"key": "faults"}).json()
+    counts = stats["keys"]["faults"]["replicate.webhook_secret"]
+    assert counts["accepted"] == 40 and counts["faults"] == first.count("reset") + sum(o.startswith("5") for o in first)
+
+
+def test_failed_predictions_follow_the_input(faulty_emulator: Emulator) -> None:
+    key = f"r8_{uuid.uuid4().hex}"
+
+    def run_all() -> list[str]:
+        c = replicate.Client(api_token=key, base_url=faulty_emulator.url)
+        statuses = []
+        for i in range(8):
+            while True:  # ride out the injected 5xx and resets; the create had no effect then
+                try:
+                    statuses.append(c.models.predictions.create(model=MODEL, input={"i": i}, wait=True).status)
+                    break
+                except (ReplicateError, httpx.TransportError):
+                    continue
+        return statuses
+
+    httpx.post(f"{faulty_emulator.url}/_emulator/reset")
+    first = run_all()
+    assert set(first) == {"succeeded", "failed"}
+    httpx.post(f"{faulty_emulator.url}/_emulator/reset")
+    assert run_all() == first
+
+
+def test_reset_forgets_predictions_and_budgets(strict_emulator: Emulator) -> None:
+    key = f"r8_{uuid.uuid4().hex}"
+    c = replicate.Client(api_token=key, base_url=strict_emulator.url)
+    prediction = c.models.predictions.create(model=MODEL, input={"x": 1})
+    httpx.post(f"{strict_emulator.url}/_emulator/reset")
+    assert httpx.get(f"{strict_emulator.url}/_emulator/stats").json()["keys"] == {}
+    try:
+        c.predictions.get(prediction.id)
+        raise AssertionError("the prediction should be gone")
+    except ReplicateError as exc:
+        assert exc.status == 404
