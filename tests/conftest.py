@@ -43,9 +43,8 @@ def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture
-async def database_url(postgres_dsn: str) -> str:
-    """A fresh, empty database on the session's server, for one test."""
+async def fresh_database(postgres_dsn: str) -> str:
+    """Create an empty database on the server; return its DSN."""
     import asyncpg
 
     name = f"fairway_test_{uuid.uuid4().hex[:12]}"
@@ -55,6 +54,12 @@ async def database_url(postgres_dsn: str) -> str:
     finally:
         await conn.close()
     return _with_database(postgres_dsn, name)
+
+
+@pytest.fixture
+async def database_url(postgres_dsn: str) -> str:
+    """A fresh, empty database on the session's server, for one test."""
+    return await fresh_database(postgres_dsn)
 
 
 def _with_database(dsn: str, name: str) -> str:

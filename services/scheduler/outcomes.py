@@ -148,7 +148,9 @@ class Outcomes:
     async def cancel(self, tenant: str, job_id: str) -> pb.Job:
         """Cancel a job: pending items at once, in-flight ones fenced off from their holders."""
         job = await self._jobs.get(tenant, job_id)
-        rows = await self._pool.fetch(QUERIES["cancel_job"], uuid.UUID(job.id), tenant)
+        async with self._pool.acquire() as conn, conn.transaction():
+            marked = await conn.fetchval(QUERIES["mark_job_canceled"], uuid.UUID(job.id), tenant)
+            rows = await conn.fetch(QUERIES["cancel_items"], uuid.UUID(job.id)) if marked else []
         for row in rows:
             if row["was"] == "PENDING":
                 self._dispatcher.remove_backlog(row["lane"], row["tenant_id"], 1)

@@ -192,14 +192,16 @@ SELECT id, job_id, tenant_id, lane, status, delay_s FROM changed;
 SELECT id, lease FROM items WHERE status = 'PROCESSING' AND leased_until < now()
 ORDER BY leased_until LIMIT $1;
 
--- name: cancel_job
-WITH j AS (
-    UPDATE jobs SET canceled = true, updated_at = now()
-    WHERE id = $1 AND ($2 = '' OR tenant_id = $2) AND finished_at IS NULL
-    RETURNING id
-), old AS (
-    SELECT i.id, i.status FROM items i JOIN j ON i.job_id = j.id
-    WHERE i.status IN ('PENDING', 'PROCESSING') FOR UPDATE OF i
+-- name: mark_job_canceled
+UPDATE jobs SET canceled = true, updated_at = now()
+WHERE id = $1 AND ($2 = '' OR tenant_id = $2) AND finished_at IS NULL
+RETURNING id;
+
+-- name: cancel_items
+-- A job's unfinished items become CANCELED and their credits are refunded. (Marking the
+-- job is a statement of its own: one statement must not update the same job row twice.)
+WITH old AS (
+    SELECT id, status FROM items WHERE job_id = $1 AND status IN ('PENDING', 'PROCESSING') FOR UPDATE
 ), changed AS (
     UPDATE items i SET status = 'CANCELED', finished_at = now(), lease = NULL, leased_until = NULL,
         change_seq = nextval('item_changes')

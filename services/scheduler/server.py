@@ -34,6 +34,9 @@ SERVICE_NAMES = ("fairway.scheduler.v1.Scheduler", "fairway.scheduler.v1.Dispatc
 
 
 def _translate(exc: Exception) -> FairwayError | None:
+    if isinstance(exc, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)):
+        # Two transactions crossed (a cancel and a completion of one job): the loser retries.
+        return DependencyDown("a concurrent change got in the way; retry", retry_after_s=0.1)
     if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
                         asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)):
         return DependencyDown("the database is not reachable; retry shortly", retry_after_s=1.0)
