@@ -90,7 +90,9 @@ def _worker(port: int, seconds: float, connections: int, index: int, results: mu
     results.put(dict(uvloop.run(main())))
 
 
-def run(seconds: float = 10.0, connections: int = 64, workers: int = 1, time_scale: float = 1000.0) -> dict[str, object]:
+def run(
+    seconds: float = 10.0, connections: int = 64, workers: int = 1, time_scale: float = 1000.0
+) -> dict[str, object]:
     """Start an emulator, load it for `seconds`, stop it; the throughput and what was answered."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,8 +12,8 @@ dict lookups, which is what lets one process serve thousands of requests a secon
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -80,7 +80,7 @@ class EmulatorApp:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        call = Call(dict(scope), body)
+        call = Call(scope, body)
         if call.path.startswith("/_emulator/"):
             await self._operator(call, send)
             return
@@ -89,7 +89,7 @@ class EmulatorApp:
         if route is None:
             api = self.openai
             route = self.openai.route(call.method, call.path)
-        ids = [(b"x-request-id", ("req_" + uuid.uuid4().hex).encode())]
+        ids = [(b"x-request-id", b"req_" + os.urandom(16).hex().encode())]
         if route is None:
             await _respond(send, 404, ReplicateError(404, "Not found.").render(), ids)
             return

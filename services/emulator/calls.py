@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,7 +21,7 @@ Headers = list[tuple[bytes, bytes]]
 class Call:
     __slots__ = ("_json", "body", "headers", "method", "path", "query", "scheme", "state")
 
-    def __init__(self, scope: dict[str, Any], body: bytes) -> None:
+    def __init__(self, scope: Mapping[str, Any], body: bytes) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.query: bytes = scope.get("query_string", b"")
@@ -56,8 +56,18 @@ class Call:
         return self._json
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def dumps(payload: object) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
+    return _COMPACT.encode(payload).encode()
+
+
+def canonical(payload: object) -> str:
+    """The same JSON for equal values, whatever their key order."""
+    return _CANONICAL.encode(payload)
 
 
 def header(name: str, value: object) -> tuple[bytes, bytes]:

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import math
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.common.limits import Limits
-from services.emulator.calls import Call, Headers, dumps, go_duration, header
+from services.emulator.calls import Call, Headers, canonical, dumps, go_duration, header
 from services.emulator.config import EmulatorSettings
 from services.emulator.errors import ApiError, OpenAIError
 from services.emulator.latency import Latency
@@ -286,8 +284,7 @@ class OpenAIApi:
         request = call.json(_bad_request)
         await asyncio.sleep(self._s.real(self._latency.image(plan.digest)))
         count = request.get("n") if isinstance(request.get("n"), int) else 1
-        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
-        stem = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+        stem = hashlib.sha256(canonical(request).encode()).hexdigest()[:32]
         b64 = request.get("response_format") == "b64_json"
         data = [
             {"b64_json": _PIXEL} if b64 else {"url": f"https://images.emulated.openai/{stem}-{i}.png"}
@@ -310,10 +307,6 @@ class OpenAIApi:
 
     def clear(self) -> None:
         self._limiter.clear()
-
-
-def request_id() -> str:
-    return "req_" + uuid.uuid4().hex
 
 
 def _positive(body: dict[str, Any], name: str) -> int | None:

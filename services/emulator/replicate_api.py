@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from services.common.limits import Limits
-from services.emulator.calls import Call, Headers, dumps, header
+from services.emulator.calls import Call, Headers, canonical, dumps, header
 from services.emulator.config import EmulatorSettings
 from services.emulator.errors import ApiError, ReplicateError, ReplicateThrottled
 from services.emulator.latency import Latency, unit
@@ -50,6 +49,7 @@ class Prediction:
         "completed_at",
         "created_at",
         "digest",
+        "digest_of_input",
         "error",
         "events",
         "id",
@@ -79,7 +79,8 @@ class Prediction:
         self.created_at = _now()
         self.started_at: str | None = None
         self.completed_at: str | None = None
-        self.digest = b""
+        self.digest = b""  # of seed, model, input and occurrence: drives latency and failure
+        self.digest_of_input = b""  # of model and input alone: names the output
         self.timer: asyncio.TimerHandle | None = None
         self.waiters: list[asyncio.Future[None]] = []
         self.webhook: str | None = None
@@ -277,12 +278,12 @@ class ReplicateApi:
         self._serial += 1
         pid = _prediction_id(self._s.seed, self._serial)
         prediction = Prediction(pid, call.key, model, version, payload, call.base_url())
-        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        seen_key = hashlib.sha256(f"{model}\n{canonical}".encode()).digest()
+        seen_key = hashlib.sha256(f"{model}\n{canonical(payload)}".encode()).digest()
         occurrence = self._seen.get(seen_key, 0)
         self._seen[seen_key] = occurrence + 1
         prediction.digest = hashlib.sha256(f"{self._s.seed}|{occurrence}|".encode() + seen_key).digest()
         prediction.webhook, prediction.events = webhook, events
+        prediction.digest_of_input = seen_key
         self._predictions[pid] = prediction
         self._by_key.setdefault(call.key, []).append(prediction)
         self._emit(prediction, "start")
@@ -320,7 +321,7 @@ class ReplicateApi:
             prediction.error = "Prediction failed: the model crashed"
             self._finish(prediction, "failed")
             return
-        prediction.output = _output(prediction.model, prediction.input)
+        prediction.output = _output(prediction.digest_of_input, prediction.input)
         prediction.logs += "100%|##########| 28/28 [00:07<00:00, 3.71it/s]\n"
         prediction.changed()
         self._emit(prediction, "output")
@@ -390,10 +391,9 @@ def _prediction_id(seed: int, serial: int) -> str:
     return "".join(alphabet[b % 32] for b in digest[:26])
 
 
-def _output(model: str, payload: dict[str, Any]) -> object:
+def _output(digest_of_input: bytes, payload: dict[str, Any]) -> object:
     """A URL per output, derived from the model and the input alone."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    stem = hashlib.sha256(f"{model}\n{canonical}".encode()).hexdigest()[:32]
+    stem = digest_of_input[:16].hex()
     fmt = payload.get("output_format")
     ext = fmt if fmt in ("png", "jpg", "jpeg", "webp") else "png"
     count = payload.get("num_outputs")
