@@ -9,12 +9,13 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 
 setup:
 	$(UV) sync --frozen
-	$(MAKE) --no-print-directory protos
+	@# gen/ is committed; generate it only when absent (tests/test_protos.py checks it matches protos/).
+	@test -f gen/fairway/scheduler/v1/scheduler_pb2.py || $(MAKE) --no-print-directory protos
 
 protos:
-	rm -rf gen/fairway && mkdir -p gen/fairway
+	rm -rf gen/fairway gen/envoy && mkdir -p gen/fairway
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen $(PROTOS)
-	find gen/fairway -type d -exec touch {}/__init__.py \;
+	find gen -mindepth 1 -type d -exec touch {}/__init__.py \;
 
 run: setup
 	.venv/bin/fairway up

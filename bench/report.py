@@ -1,0 +1,35 @@
+"""docs/benchmarks.md is assembled from sections, one per benchmark module.
+
+    write_section("Ratelimiter", markdown_body)   # replaces "## Ratelimiter" ... up to the next "## "
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+HEADER = """# Benchmarks
+
+Produced by `make bench` (each section by its own module under `bench/`; `python -m bench NAME`
+reruns one). Numbers are from the machine named in each section; re-run them on yours.
+"""
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_section(title: str, body: str, path: Path = REPORT) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else HEADER
+    section = f"## {title}\n\n{body.strip()}\n\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text.rstrip() + "\n")
