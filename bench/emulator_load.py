@@ -91,7 +91,7 @@ def _worker(port: int, seconds: float, connections: int, index: int, results: mu
 
 
 def run(
-    seconds: float = 10.0, connections: int = 64, workers: int = 1, time_scale: float = 1000.0
+    seconds: float = 10.0, connections: int = 64, workers: int = 2, time_scale: float = 1000.0
 ) -> dict[str, object]:
     """Start an emulator, load it for `seconds`, stop it; the throughput and what was answered."""
     port = _free_port()
@@ -114,6 +114,7 @@ def run(
             procs = [
                 context.Process(target=_worker, args=(port, seconds, per_worker, i, results)) for i in range(workers)
             ]
+            cpu_before = _cpu_seconds(server.pid)
             started = time.monotonic()
             for proc in procs:
                 proc.start()
@@ -121,6 +122,7 @@ def run(
             for _ in procs:
                 counts.update(results.get())  # type: ignore[arg-type]
             elapsed = time.monotonic() - started
+            server_cpu = _cpu_seconds(server.pid) - cpu_before
             for proc in procs:
                 proc.join()
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/_emulator/stats") as response:
@@ -133,11 +135,21 @@ def run(
         "requests": total,
         "seconds": round(elapsed, 2),
         "requests_per_s": round(total / seconds),
+        # CPU the emulator spent per request, and what that makes on one dedicated core:
+        # the load-independent figure when other work shares the machine.
+        "server_cpu_us_per_request": round(server_cpu / total * 1e6, 1),
+        "one_core_capacity_per_s": round(total / server_cpu),
         "connections": per_worker * workers,
         "load_processes": workers,
         "by_kind_and_status": dict(sorted(counts.items())),
         "emulator_totals": totals,
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_ready(url: str, timeout_s: float = 30.0) -> None:
@@ -155,6 +167,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     print(json.dumps(run(args.seconds, args.connections, args.workers), indent=2))
