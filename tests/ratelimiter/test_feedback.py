@@ -62,18 +62,21 @@ async def test_cooldown_and_rate_factor_are_shared_by_replicas(redis_url: str, r
         # Headers saying others use most of replicate:read lower every replica's rate at once.
         await cb.report_upstream("replicate:read", remaining_requests=120, limit_requests=600)
         factor = {s.name: s for s in (await ca.stats()).budgets}["replicate:read"].rate_factor
-        assert 0.05 <= factor < 0.25
-        # A second replica reporting the same shortage does not lower it again.
+        assert 0.19 < factor < 0.21  # others use 80%: we keep the remaining 20%
+        # A second replica reporting the same shortage holds it at the target, not below.
         await cc.report_upstream("replicate:read", remaining_requests=120, limit_requests=600)
         again = {s.name: s for s in (await ca.stats()).budgets}["replicate:read"].rate_factor
-        assert again >= factor
+        assert again >= 0.2 - 1e-9
 
         # Then it recovers by itself (3 s from 0 to 1 here), seen by every replica.
         async def recovered(client: BudgetClient) -> None:
-            while {s.name: s for s in (await client.stats()).budgets}["replicate:read"].rate_factor < 1.0:
+            for _ in range(150):
+                if {s.name: s for s in (await client.stats()).budgets}["replicate:read"].rate_factor >= 1.0:
+                    return
                 await asyncio.sleep(0.1)
+            raise AssertionError("rate factor did not recover")
 
-        await asyncio.wait_for(asyncio.gather(recovered(ca), recovered(cb), recovered(cc)), timeout=15)
+        await asyncio.gather(recovered(ca), recovered(cb), recovered(cc))
     finally:
         for client in (ca, cb, cc):
             await client.close()
