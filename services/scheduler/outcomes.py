@@ -106,7 +106,11 @@ class Outcomes:
             self._config.lease_seconds,
         )
         held = {str(r["id"]) for r in rows}
-        return pb.HeartbeatResponse(lost=[r.item_id for r in leases if r.item_id not in held])
+        lost = [r.item_id for r in leases if r.item_id not in held]
+        # Which of the lost were canceled: the holder cancels those upstream, while an
+        # expired lease's upstream call is left running for the next holder to resume.
+        canceled = await self._pool.fetch(QUERIES["canceled_items"], [uuid.UUID(i) for i in lost]) if lost else []
+        return pb.HeartbeatResponse(lost=lost, canceled=[str(r["id"]) for r in canceled])
 
     async def hand_back(self, leases: Sequence[pb.LeaseRef]) -> None:
         """Items claimed for a predictor that never received them: PENDING again, no attempt lost."""

@@ -129,6 +129,9 @@ FROM unnest($1::uuid[], $2::bigint[]) AS h(id, lease)
 WHERE i.id = h.id AND i.lease = h.lease AND i.status = 'PROCESSING'
 RETURNING i.id;
 
+-- name: canceled_items
+SELECT id FROM items WHERE id = ANY($1::uuid[]) AND status = 'CANCELED';
+
 -- name: record_upstream
 UPDATE items SET upstream_id = $3 WHERE id = $1 AND lease = $2 AND status = 'PROCESSING'
 RETURNING id;

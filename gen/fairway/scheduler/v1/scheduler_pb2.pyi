@@ -1032,20 +1032,28 @@ class HeartbeatResponse(_message.Message):
 
     LOST_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CANCELED_FIELD_NUMBER: _builtins.int
     lease_expires_at: _builtins.float
     @_builtins.property
     def lost(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """item ids no longer held (expired, canceled)"""
+
+    @_builtins.property
+    def canceled(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The subset of `lost` that was canceled: their upstream calls should be canceled too.
+        An expired lease is not in it, since another worker resumes that upstream call.
+        """
 
     def __init__(
         self,
         *,
         lost: _abc.Iterable[_builtins.str] | None = ...,
         lease_expires_at: _builtins.float = ...,
+        canceled: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_expires_at", b"lease_expires_at", "lost", b"lost"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canceled", b"canceled", "lease_expires_at", b"lease_expires_at", "lost", b"lost"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
