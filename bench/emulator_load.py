@@ -91,7 +91,7 @@ def _worker(port: int, seconds: float, connections: int, index: int, results: mu
 
 
 def run(
-    seconds: float = 10.0, connections: int = 64, workers: int = 2, time_scale: float = 1000.0
+    seconds: float = 10.0, connections: int = 64, workers: int = 1, time_scale: float = 1000.0
 ) -> dict[str, object]:
     """Start an emulator, load it for `seconds`, stop it; the throughput and what was answered."""
     port = _free_port()
@@ -167,6 +167,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     print(json.dumps(run(args.seconds, args.connections, args.workers), indent=2))
