@@ -1,37 +1,52 @@
 """Budget-aware dispatch: free predictor slots + upstream grants + fair shares -> assignments.
 
-A dispatch round for one lane asks the ratelimiter for as many grants as there are free
-predictor slots (and backlog), picks that many items by weighted fair share, claims them
-in one statement and hands each, with its grant, to a predictor stream. Nothing waits on
-a timer: a submit, a free slot, a finished item or the end of a budget's wait wakes it.
+A dispatch round for one lane asks the ratelimiter for as many grants as it means to
+dispatch (bounded by free predictor slots and backlog), picks exactly that many items by
+weighted fair share, claims them in one statement and hands each, with its grant, to a
+predictor stream. Nothing waits on a timer: a submit (on any replica, via NOTIFY), a free
+slot, a finished item or the end of a budget's wait wakes it.
+
+The in-memory index (a `LaneShares` per lane) holds counts, not items: (lane, tenant) ->
+backlog. It is rebuilt from `queue_counts` (one row per lane and tenant, maintained by the
+statements that move items), so a resync costs O(lanes x tenants), not O(backlog).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.common.logging import get_logger
-from services.ratelimiter.client import BudgetClient
+from services.ratelimiter.client import BudgetClient, GrantRef
 from services.ratelimiter.errors import BudgetUnavailable
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.fairness import LaneShares
 from services.scheduler.metrics import DISPATCH_SECONDS, DISPATCHED, GRANT_WAITS
+from services.scheduler.rates import RecentCounts
 from services.scheduler.sql import QUERIES
 from services.scheduler.tenants import TenantDirectory
 from services.scheduler.workers import WorkerRegistry
 
 log = get_logger(__name__)
 
-# How often the in-memory backlog is rebuilt from the database, to absorb what other
-# replicas changed (their retries, their claims). Dispatch itself never waits for it.
-RESYNC_SECONDS = 15.0
+# A safety net only: what other replicas changed (their claims, retries and completions)
+# reaches this replica's index through it. Submits arrive at once by NOTIFY, and an index
+# that believes in items that are gone corrects itself at the next claim.
+RESYNC_SECONDS = 5.0
+# Retried items re-enter the index when their backoff ends, in groups of this granularity
+# (rounded up, never before their run_after), so a burst of failures costs few timers.
+_DELAY_GRAIN_S = 0.05
 _UNLIMITED = 1 << 30
+
+
+def provider_of(lane: str) -> str:
+    return lane.split(":", 1)[0]
 
 
 class Dispatcher:
@@ -48,10 +63,13 @@ class Dispatcher:
         self.lanes: dict[str, LaneShares] = {}
         self._estimate: dict[str, float] = {}
         self._blocked_until: dict[str, float] = {}
+        self._delayed: dict[tuple[float, str, str], int] = {}
+        self._turn = 0
         self.processing: dict[str, int] = defaultdict(int)
-        self.dispatched_recent: dict[str, list[float]] = defaultdict(list)
+        self.recent = RecentCounts()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._resync_task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
         self.on_hand_back: Callable[[list[pb.LeaseRef]], Awaitable[None]] | None = None
 
@@ -60,7 +78,8 @@ class Dispatcher:
     async def start(self) -> None:
         await self.resync()
         self._listener = await asyncpg.connect(self._config.database_url)
-        await self._listener.add_listener("fairway_backlog", self._on_notify)
+        await self._listener.add_listener("fairway_backlog", self._on_backlog_notify)
+        await self._listener.add_listener("fairway_tenants", self._on_tenant_notify)
         self._task = asyncio.create_task(self._run(), name="dispatch")
         self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
 
@@ -72,19 +91,23 @@ class Dispatcher:
             await self._listener.close()
 
     async def resync(self) -> None:
-        backlog = await self._pool.fetch(QUERIES["backlog"])
-        processing = await self._pool.fetch(QUERIES["processing_by_tenant"])
-        seen: dict[str, set[str]] = defaultdict(set)
-        for row in backlog:
-            lane = self.lanes.setdefault(row["lane"], LaneShares())
-            lane.set_backlog(row["tenant_id"], row["n"])
-            self._estimate[row["lane"]] = row["est"] or 0.0
-            seen[row["lane"]].add(row["tenant_id"])
-        for name, lane in self.lanes.items():
-            for tenant in lane.tenants():
-                if tenant not in seen[name]:
-                    lane.set_backlog(tenant, 0)
-        self.processing = defaultdict(int, {r["tenant_id"]: r["n"] for r in processing})
+        """Rebuild the index from the counters: O(lanes x tenants) rows, whatever the backlog."""
+        rows = await self._pool.fetch(QUERIES["queue_counts"])
+        await self._tenants.load()
+        backlog: dict[str, dict[str, int]] = defaultdict(dict)
+        processing: dict[str, int] = defaultdict(int)
+        for row in rows:
+            if row["pending"] > 0:
+                backlog[row["lane"]][row["tenant_id"]] = row["pending"]
+            processing[row["tenant_id"]] += row["processing"]
+        for name in set(self.lanes) | set(backlog):
+            shares = self.lanes.setdefault(name, LaneShares())
+            wanted = backlog.get(name, {})
+            for tenant in set(shares.backlogs()) | set(wanted):
+                shares.set_backlog(tenant, wanted.get(tenant, 0))
+            if name not in self._estimate and wanted:
+                self._estimate[name] = await self._pool.fetchval(QUERIES["lane_token_estimate"], name) or 0.0
+        self.processing = processing
         self.wake()
 
     async def _resync_forever(self) -> None:
@@ -112,22 +135,37 @@ class Dispatcher:
     def add_backlog_later(self, delay_s: float, lane: str, tenant: str, n: int) -> None:
         if delay_s <= 0:
             self.add_backlog(lane, tenant, n)
+            return
+        loop = asyncio.get_running_loop()
+        due = math.ceil((loop.time() + delay_s) / _DELAY_GRAIN_S) * _DELAY_GRAIN_S
+        key = (due, lane, tenant)
+        if key in self._delayed:
+            self._delayed[key] += n
         else:
-            asyncio.get_running_loop().call_later(delay_s, self.add_backlog, lane, tenant, n)
+            self._delayed[key] = n
+            loop.call_at(due, self._release_delayed, key)
+
+    def _release_delayed(self, key: tuple[float, str, str]) -> None:
+        n = self._delayed.pop(key, 0)
+        self.add_backlog(key[1], key[2], n)
 
     def remove_backlog(self, lane: str, tenant: str, n: int) -> None:
         shares = self.lanes.get(lane)
         if shares is not None:
-            shares.take(tenant, n, advance=False, weight=1.0)
+            shares.remove_backlog(tenant, n)
 
     def finished(self, tenant: str, n: int = 1) -> None:
         self.processing[tenant] = max(0, self.processing[tenant] - n)
         self.wake()
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _on_backlog_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         replica, lane, tenant, n, est = payload.split("|")
         if replica != self._replica:
             self.add_backlog(lane, tenant, int(n), float(est))
+
+    def _on_tenant_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._tenants.refresh(payload))
+        task.add_done_callback(lambda _t: self.wake())
 
     # ---- the dispatch loop ----
 
@@ -141,6 +179,8 @@ class Dispatcher:
             except (OSError, asyncpg.PostgresError, BudgetUnavailable) as exc:
                 log.warning("dispatch paused: %s", exc)
                 retry = getattr(exc, "retry_after_s", 0.0) or 0.5
+                if isinstance(exc, asyncpg.DeadlockDetectedError):
+                    retry = 0.0  # two statements crossed; the retry will not meet the same one
                 asyncio.get_running_loop().call_later(retry, self.wake)
 
     def _ready_lanes(self) -> list[str]:
@@ -150,16 +190,29 @@ class Dispatcher:
         for name, shares in self.lanes.items():
             if shares.backlog_total <= 0 or self._blocked_until.get(name, 0.0) > now:
                 continue
-            if accepting is not None and name.split(":", 1)[0] not in accepting:
+            if accepting is not None and provider_of(name) not in accepting:
                 continue
             ready.append(name)
         return ready
 
     async def _round(self) -> bool:
-        """One dispatch pass over every ready lane; True if anything was dispatched."""
+        """One dispatch pass over every ready lane; True if anything was dispatched.
+
+        Lanes that share predictors share their free slots evenly, starting from a lane
+        that rotates every round, so no lane's order in a dict decides who gets served.
+        """
+        lanes = self._ready_lanes()
+        if not lanes:
+            return False
+        start = self._turn % len(lanes)
+        self._turn += 1
+        lanes = lanes[start:] + lanes[:start]
+        sharing = Counter(provider_of(lane) for lane in lanes)
+        slots = {p: self.workers.free_slots(p) for p in sharing}
         progressed = False
-        for lane in self._ready_lanes():
-            if await self._dispatch(lane):
+        for lane in lanes:
+            p = provider_of(lane)
+            if await self._dispatch(lane, max(1, math.ceil(slots[p] / sharing[p]))):
                 progressed = True
         return progressed
 
@@ -167,11 +220,10 @@ class Dispatcher:
         cap = self._tenants.max_concurrency(tenant)
         return _UNLIMITED if cap is None else cap - self.processing[tenant]
 
-    async def _dispatch(self, lane: str) -> bool:
-        provider = lane.split(":", 1)[0]
+    async def _dispatch(self, lane: str, limit: int) -> bool:
         shares = self.lanes[lane]
-        slots = self.workers.free_slots(provider)
-        want = min(slots, self._config.dispatch_batch, shares.backlog_total)
+        slots = self.workers.free_slots(provider_of(lane))
+        want = min(slots, limit, self._config.dispatch_batch, shares.backlog_total)
         if want <= 0:
             return False
         picks = shares.pick(want, self._tenants.weight, self._headroom)
@@ -186,21 +238,40 @@ class Dispatcher:
             asyncio.get_running_loop().call_later(acquired.retry_after_s, self.wake)
             return False
         if len(acquired.grants) < want:
+            # Dispatch exactly as many items as there are grants: none waits claimed.
             picks = shares.pick(len(acquired.grants), self._tenants.weight, self._headroom)
         rows = await self._pool.fetch(
             QUERIES["claim_items"], lane, list(picks), list(picks.values()),
             self._replica, self._config.lease_seconds,
         )
+        claimed, handed_back, unused = self._hand_out(rows, list(acquired.grants))
+        self._correct_index(shares, picks, claimed, rows)
+        shares.commit(dict(claimed), self._tenants.weight)
+        if unused:
+            await self._budgets.release(unused)
+        if handed_back:
+            await self.hand_back(handed_back)
+        n = sum(claimed.values())
+        for tenant, k in claimed.items():
+            self.recent.add(tenant, k)
+        DISPATCHED.labels(lane).inc(n)
+        DISPATCH_SECONDS.observe(time.perf_counter() - started)
+        return n > 0
+
+    def _hand_out(
+        self, rows: list[asyncpg.Record], grants: list[GrantRef]
+    ) -> tuple[dict[str, int], list[pb.LeaseRef], list[str]]:
         claimed: dict[str, int] = defaultdict(int)
-        grants = list(acquired.grants)
-        unused: list[str] = []
         handed_back: list[pb.LeaseRef] = []
+        unused: list[str] = []
         for row in rows:
-            grant = grants.pop()
-            # A resumed call (the upstream already accepted it) needs no new grant.
-            grant_id = "" if row["upstream_id"] else grant.id
-            if not grant_id:
-                unused.append(grant.id)
+            if row["id"] is None:
+                continue
+            grant_id = grants.pop().id
+            if row["upstream_id"]:
+                # A resumed call (the upstream already accepted it) needs no new grant.
+                unused.append(grant_id)
+                grant_id = ""
             assignment = pb.Assignment(
                 item_id=str(row["id"]), job_id=str(row["job_id"]), tenant=row["tenant_id"],
                 lease=row["lease"], attempt=row["attempts"], provider=row["provider"],
@@ -213,22 +284,25 @@ class Dispatcher:
             if not self.workers.assign(assignment):
                 handed_back.append(pb.LeaseRef(item_id=assignment.item_id, lease=assignment.lease))
         unused += [g.id for g in grants]
+        return claimed, handed_back, unused
+
+    def _correct_index(
+        self, shares: LaneShares, picks: dict[str, int], claimed: dict[str, int], rows: list[asyncpg.Record]
+    ) -> None:
+        """Where the database handed out fewer items than picked, learn why."""
+        room = {row["room_tenant"]: row["room"] for row in rows}
         for tenant, n in picks.items():
-            if claimed[tenant] < n:
-                # The index believed in items that are not there (claimed by another
+            got = claimed.get(tenant, 0)
+            if got >= n:
+                continue
+            if got < room.get(tenant, n):
+                # The index believed in items that are not ready (claimed by another
                 # replica, or waiting out a retry backoff): trust the database.
-                shares.take(tenant, shares.backlog(tenant), advance=False, weight=1.0)
-        shares.commit(dict(claimed), self._tenants.weight)
-        if unused:
-            await self._budgets.release(unused)
-        if handed_back:
-            await self.hand_back(handed_back)
-        now = time.time()
-        for tenant, n in claimed.items():
-            self.dispatched_recent[tenant].extend([now] * n)
-        DISPATCHED.labels(lane).inc(len(rows))
-        DISPATCH_SECONDS.observe(time.perf_counter() - started)
-        return bool(rows)
+                shares.set_backlog(tenant, got)
+            else:
+                # max_concurrency reached, counting other replicas' items in flight.
+                cap = self._tenants.max_concurrency(tenant) or 0
+                self.processing[tenant] = max(self.processing[tenant], cap)
 
     async def hand_back(self, leases: list[pb.LeaseRef]) -> None:
         """Return claimed items that no predictor received to PENDING at once."""
@@ -236,8 +310,4 @@ class Dispatcher:
             await self.on_hand_back(leases)
 
     def dispatched_last_minute(self, tenant: str) -> int:
-        cutoff = time.time() - 60
-        recent = [t for t in self.dispatched_recent[tenant] if t >= cutoff]
-        self.dispatched_recent[tenant] = recent
-        return len(recent)
-
+        return self.recent.last_minute(tenant)

@@ -168,6 +168,7 @@ class Jobs:
             if cost:
                 await conn.execute(QUERIES["ledger_reserve"], req.tenant, -cost * n, job_id)
             mean_est = sum(estimates) / n
+            await conn.execute(QUERIES["count_submitted"], lane, req.tenant, n)
             await conn.execute(QUERIES["notify_backlog"],
                                f"{self._replica}|{lane}|{req.tenant}|{n}|{mean_est:.1f}")
         self._on_backlog(lane, req.tenant, n, mean_est)

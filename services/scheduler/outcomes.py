@@ -24,6 +24,7 @@ from services.scheduler.metrics import OUTCOMES
 from services.scheduler.sql import QUERIES
 
 log = get_logger(__name__)
+_DEADLOCK_RETRIES = 3
 
 
 class Outcomes:
@@ -55,7 +56,7 @@ class Outcomes:
         return _answer([c.lease.item_id for c in completions], accepted)
 
     async def _flush_completions(self, batch: Sequence[pb.Completion]) -> list[bool]:
-        rows = await self._pool.fetch(
+        rows = await self._fetch_retrying(
             QUERIES["complete_items"],
             [uuid.UUID(c.lease.item_id) for c in batch], [c.lease.lease for c in batch],
             [c.output_json for c in batch], [c.usage_json or None for c in batch],
@@ -85,7 +86,7 @@ class Outcomes:
         retry_after: list[float], *, backoff: bool, max_attempts: int | None = None,
     ) -> list[Any]:
         base = self._config.retry_base_seconds if backoff else 0.0
-        rows = await self._pool.fetch(
+        rows = await self._fetch_retrying(
             QUERIES["fail_items"], ids, leases, errors, retry, retry_after,
             max_attempts or self._config.max_attempts, base, self._config.retry_max_seconds,
         )
@@ -179,6 +180,17 @@ class Outcomes:
             await self.fail([pb.Failure(lease=lease, error=result.error or f"prediction {result.status}",
                                         retryable=False)])
         return pb.UpstreamResultResponse(matched=True, item_id=item_id)
+
+    async def _fetch_retrying(self, query: str, *args: Any) -> list[Any]:
+        """Run an outcome statement; a deadlock (two statements updating the same jobs and
+        counters in another order) aborts only one of them, and that one simply runs again."""
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                return list(await self._pool.fetch(query, *args))
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _DEADLOCK_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _after(self, rows: Sequence[Any]) -> None:
         """Bookkeeping after items left PROCESSING: slots, finished jobs, watchers."""

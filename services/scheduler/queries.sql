@@ -14,8 +14,8 @@ SELECT id FROM tenants WHERE key_hash = $1;
 
 -- name: get_tenant
 SELECT t.id, t.weight, t.max_concurrency, t.max_queued, t.credits,
-       coalesce((SELECT sum(n_pending) FROM jobs j WHERE j.tenant_id = t.id AND j.finished_at IS NULL), 0)::bigint AS queued,
-       coalesce((SELECT sum(n_processing) FROM jobs j WHERE j.tenant_id = t.id AND j.finished_at IS NULL), 0)::bigint AS processing
+       coalesce((SELECT sum(pending) FROM queue_counts q WHERE q.tenant_id = t.id), 0)::bigint AS queued,
+       coalesce((SELECT sum(processing) FROM queue_counts q WHERE q.tenant_id = t.id), 0)::bigint AS processing
 FROM tenants t WHERE t.id = $1;
 
 -- name: update_tenant
@@ -34,8 +34,8 @@ SELECT id, weight, max_concurrency FROM tenants;
 
 -- name: lock_tenant
 SELECT id, max_queued, credits,
-       coalesce((SELECT sum(n_pending) FROM jobs j WHERE j.tenant_id = t.id AND j.finished_at IS NULL), 0)::bigint AS queued
-FROM tenants t WHERE id = $1 FOR UPDATE;
+       coalesce((SELECT sum(pending) FROM queue_counts q WHERE q.tenant_id = t.id), 0)::bigint AS queued
+FROM tenants t WHERE id = $1 FOR UPDATE OF t;
 
 -- name: job_by_idempotency_key
 SELECT id, request_hash FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2;
@@ -55,6 +55,11 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $9, $10, $11);
 INSERT INTO items (id, job_id, tenant_id, lane, priority, seq, ref, input, est_tokens, cost)
 SELECT gen_random_uuid(), $1, $2, $3, $4, u.seq, u.ref, u.input, u.est, $5
 FROM unnest($6::text[], $7::text[], $8::int[]) WITH ORDINALITY AS u(ref, input, est, seq);
+
+-- name: count_submitted
+-- Last statement of a submit, so that the counter row is locked only for a moment.
+INSERT INTO queue_counts (lane, tenant_id, pending) VALUES ($1, $2, $3)
+ON CONFLICT (lane, tenant_id) DO UPDATE SET pending = queue_counts.pending + excluded.pending;
 
 -- name: notify_backlog
 SELECT pg_notify('fairway_backlog', $1);
@@ -92,19 +97,30 @@ SELECT id, job_id, ref, status, attempts, output, error, usage, change_seq, seq,
 FROM items WHERE job_id = $1 AND change_seq > $2
 ORDER BY change_seq LIMIT $3;
 
--- name: backlog
-SELECT lane, tenant_id, count(*)::bigint AS n, avg(est_tokens)::float8 AS est
-FROM items WHERE status = 'PENDING' GROUP BY lane, tenant_id;
-
--- name: processing_by_tenant
-SELECT tenant_id, count(*)::bigint AS n FROM items WHERE status = 'PROCESSING' GROUP BY tenant_id;
+-- name: queue_counts
+-- The dispatch index's resync: one row per (lane, tenant) with anything queued or in flight.
+SELECT lane, tenant_id, pending, processing FROM queue_counts WHERE pending > 0 OR processing > 0;
 
 -- name: claim_items
 -- Take up to n[i] ready items of tenant[i] in one lane: one index range scan per tenant.
+-- A tenant with max_concurrency gets at most its cap minus what it has in flight in all
+-- lanes, read under a lock on its counter rows so that replicas cannot overshoot it.
+-- One row per claimed item, plus a row with a NULL id for each tenant that got none;
+-- `room` is what the cap allowed, so the caller tells "capped" from "ran out of items".
 WITH wanted AS (
     SELECT * FROM unnest($2::text[], $3::int[]) AS w(tenant_id, n)
+), capped AS (
+    SELECT q.tenant_id, q.processing, t.max_concurrency FROM queue_counts q JOIN tenants t ON t.id = q.tenant_id
+    WHERE q.tenant_id = ANY($2::text[]) AND t.max_concurrency IS NOT NULL
+    ORDER BY q.tenant_id, q.lane
+    FOR UPDATE OF q
+), room AS (
+    SELECT w.tenant_id, CASE WHEN c.cap IS NULL THEN w.n ELSE least(w.n, greatest(0, c.cap - c.busy)) END AS n
+    FROM wanted w LEFT JOIN (
+        SELECT tenant_id, max(max_concurrency) AS cap, sum(processing) AS busy FROM capped GROUP BY tenant_id
+    ) c ON c.tenant_id = w.tenant_id
 ), picked AS (
-    SELECT c.id FROM wanted w CROSS JOIN LATERAL (
+    SELECT c.id FROM room w CROSS JOIN LATERAL (
         SELECT id FROM items
         WHERE lane = $1 AND tenant_id = w.tenant_id AND status = 'PENDING' AND run_after <= now()
         ORDER BY priority DESC, run_after, seq
@@ -119,9 +135,14 @@ WITH wanted AS (
 ), counted AS (
     UPDATE jobs j SET n_pending = n_pending - c.n, n_processing = n_processing + c.n, updated_at = now()
     FROM (SELECT job_id, count(*) AS n FROM claimed GROUP BY job_id) c WHERE j.id = c.job_id
+), moved AS (
+    UPDATE queue_counts q SET pending = pending - c.n, processing = processing + c.n
+    FROM (SELECT tenant_id, count(*) AS n FROM claimed GROUP BY tenant_id) c
+    WHERE q.lane = $1 AND q.tenant_id = c.tenant_id
 )
-SELECT c.*, j.provider, j.model, j.operation
-FROM claimed c JOIN jobs j ON j.id = c.job_id;
+SELECT r.tenant_id AS room_tenant, r.n AS room, c.id, c.job_id, c.tenant_id, c.lease, c.attempts, c.input,
+       c.upstream_id, c.leased_until, j.provider, j.model, j.operation
+FROM room r LEFT JOIN claimed c ON c.tenant_id = r.tenant_id LEFT JOIN jobs j ON j.id = c.job_id;
 
 -- name: heartbeat
 UPDATE items i SET leased_until = now() + make_interval(secs => $3)
@@ -143,15 +164,19 @@ WITH done AS (
         finished_at = now(), lease = NULL, leased_until = NULL, change_seq = nextval('item_changes')
     FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS c(id, lease, output, usage)
     WHERE i.id = c.id AND i.lease = c.lease AND i.status = 'PROCESSING'
-    RETURNING i.id, i.job_id, i.tenant_id, i.cost
+    RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.cost
 ), counted AS (
     UPDATE jobs j SET n_processing = n_processing - d.n, n_done = n_done + d.n, updated_at = now()
     FROM (SELECT job_id, count(*) AS n FROM done GROUP BY job_id) d WHERE j.id = d.job_id
+), moved AS (
+    UPDATE queue_counts q SET processing = processing - d.n
+    FROM (SELECT lane, tenant_id, count(*) AS n FROM done GROUP BY lane, tenant_id) d
+    WHERE q.lane = d.lane AND q.tenant_id = d.tenant_id
 ), charged AS (
     INSERT INTO credit_ledger (tenant_id, kind, amount, job_id, item_id)
     SELECT tenant_id, 'charge', 0, job_id, id FROM done WHERE cost > 0
 )
-SELECT id, job_id, tenant_id FROM done;
+SELECT id, job_id, tenant_id, lane FROM done;
 
 -- name: fail_items
 -- Fenced. A retryable failure with attempts left goes back to PENDING after exponential
@@ -179,6 +204,11 @@ WITH f AS (
                  count(*) FILTER (WHERE status = 'FAILED') AS failed
           FROM changed GROUP BY job_id) c
     WHERE j.id = c.job_id
+), moved AS (
+    UPDATE queue_counts q SET processing = processing - c.n, pending = pending + c.retried
+    FROM (SELECT lane, tenant_id, count(*) AS n, count(*) FILTER (WHERE status = 'PENDING') AS retried
+          FROM changed GROUP BY lane, tenant_id) c
+    WHERE q.lane = c.lane AND q.tenant_id = c.tenant_id
 ), refunded AS (
     UPDATE tenants t SET credits = credits + r.amount
     FROM (SELECT tenant_id, sum(cost) AS amount FROM changed WHERE status = 'FAILED' AND cost > 0
@@ -216,6 +246,11 @@ WITH old AS (
     FROM (SELECT job_id, count(*) FILTER (WHERE was = 'PENDING') AS p,
                  count(*) FILTER (WHERE was = 'PROCESSING') AS r FROM changed GROUP BY job_id) c
     WHERE x.id = c.job_id
+), moved AS (
+    UPDATE queue_counts q SET pending = pending - c.p, processing = processing - c.r
+    FROM (SELECT lane, tenant_id, count(*) FILTER (WHERE was = 'PENDING') AS p,
+                 count(*) FILTER (WHERE was = 'PROCESSING') AS r FROM changed GROUP BY lane, tenant_id) c
+    WHERE q.lane = c.lane AND q.tenant_id = c.tenant_id
 ), refunded AS (
     UPDATE tenants t SET credits = credits + r.amount
     FROM (SELECT tenant_id, sum(cost) AS amount FROM changed WHERE cost > 0 GROUP BY tenant_id) r
@@ -235,14 +270,27 @@ RETURNING id;
 SELECT id, lease, status FROM items WHERE upstream_id = $1;
 
 -- name: queue_by_tenant
-SELECT tenant_id, count(*) FILTER (WHERE status = 'PENDING')::bigint AS queued,
-       count(*) FILTER (WHERE status = 'PROCESSING')::bigint AS processing,
-       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'PENDING')), 0)::float8
-           AS oldest_age
-FROM items WHERE status IN ('PENDING', 'PROCESSING') GROUP BY tenant_id;
+-- From the counters, plus one index probe per tenant for its oldest queued item.
+SELECT q.tenant_id, q.queued, q.processing,
+       coalesce(extract(epoch FROM now() - (
+           SELECT min(created_at) FROM items i WHERE i.tenant_id = q.tenant_id AND i.status = 'PENDING'
+       )), 0)::float8 AS oldest_age
+FROM (SELECT tenant_id, sum(pending)::bigint AS queued, sum(processing)::bigint AS processing
+      FROM queue_counts GROUP BY tenant_id HAVING sum(pending) + sum(processing) > 0) q;
 
 -- name: queue_by_lane
-SELECT lane, count(*) FILTER (WHERE status = 'PENDING')::bigint AS queued,
-       count(*) FILTER (WHERE status = 'PROCESSING')::bigint AS processing,
-       count(DISTINCT tenant_id)::bigint AS tenants
-FROM items WHERE status IN ('PENDING', 'PROCESSING') GROUP BY lane;
+SELECT lane, sum(pending)::bigint AS queued, sum(processing)::bigint AS processing,
+       count(*)::bigint AS tenants
+FROM queue_counts WHERE pending > 0 OR processing > 0 GROUP BY lane;
+
+-- name: lane_token_estimate
+-- Mean token estimate of a lane's next items (a sample from the dispatch index).
+SELECT avg(est_tokens)::float8 FROM (
+    SELECT est_tokens FROM items WHERE lane = $1 AND status = 'PENDING' LIMIT 1000
+) s;
+
+-- name: tenant_policy
+SELECT id, weight, max_concurrency FROM tenants WHERE id = $1;
+
+-- name: notify_tenant
+SELECT pg_notify('fairway_tenants', $1);

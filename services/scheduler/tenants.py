@@ -58,6 +58,12 @@ class TenantDirectory:
     def remember(self, row: asyncpg.Record) -> None:
         self.policies[row["id"]] = TenantPolicy(row["weight"], row["max_concurrency"])
 
+    async def refresh(self, tenant_id: str) -> None:
+        """Reload one tenant's policy (another replica created or changed it)."""
+        row = await self._pool.fetchrow(QUERIES["tenant_policy"], tenant_id)
+        if row is not None:
+            self.remember(row)
+
     async def create(self, req: pb.CreateTenantRequest) -> pb.Tenant:
         if not _TENANT_ID.match(req.id):
             raise InvalidRequest(
@@ -82,6 +88,7 @@ class TenantDirectory:
                 raise TenantExists(f"tenant {req.id!r} already exists")
             if credits:
                 await conn.execute(QUERIES["ledger_grant"], req.id, credits)
+            await conn.execute(QUERIES["notify_tenant"], req.id)
         self.remember(row)
         tenant = _tenant(row)
         tenant.api_key = api_key
@@ -100,15 +107,18 @@ class TenantDirectory:
             raise InvalidRequest("weight: must be greater than 0")
         if req.HasField("max_concurrency") and req.max_concurrency <= 0:
             raise InvalidRequest("max_concurrency: must be at least 1, or null for no cap")
-        row = await self._pool.fetchrow(
-            QUERIES["update_tenant"], req.id,
-            req.weight if req.HasField("weight") else None,
-            req.clear_max_concurrency,
-            req.max_concurrency if req.HasField("max_concurrency") else None,
-            req.max_queued if req.HasField("max_queued") else None,
-        )
-        if row is None:
-            raise NotFound(f"tenant {req.id!r} does not exist")
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                QUERIES["update_tenant"], req.id,
+                req.weight if req.HasField("weight") else None,
+                req.clear_max_concurrency,
+                req.max_concurrency if req.HasField("max_concurrency") else None,
+                req.max_queued if req.HasField("max_queued") else None,
+            )
+            if row is None:
+                raise NotFound(f"tenant {req.id!r} does not exist")
+            # Other replicas reload the policy on this notification, before their next dispatch.
+            await conn.execute(QUERIES["notify_tenant"], req.id)
         self.remember(row)
         return await self.get(req.id)
 

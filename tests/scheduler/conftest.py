@@ -1,0 +1,199 @@
+"""Scheduler fixtures: the scheduler in-process on real PostgreSQL, a real ratelimiter
+(in-process gRPC server on real Redis), and fake predictors speaking the Dispatch stream
+over real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+import yaml
+from fairway.scheduler.v1 import scheduler_pb2 as pb
+from fairway.scheduler.v1 import scheduler_pb2_grpc
+
+from services.ratelimiter.config import RateLimiterConfig
+from services.ratelimiter.server import RateLimiterServer
+from services.ratelimiter.server import create_server as create_ratelimiter
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.server import SchedulerApp, create_scheduler
+
+# Budgets far above what a test dispatches, except "slow-model" (3 grants, then a wait of
+# seconds): predictor slots, not budgets, bound the tests' dispatch unless they pick it.
+LIMITS = {
+    "utilization": 1.0,
+    "replicate": {"create_rpm": 6_000_000, "read_rpm": 6_000_000},
+    "openai": {
+        "default": {"rpm": 6_000_000, "tpm": 6_000_000_000},
+        "models": {"slow-model": {"rpm": 6, "tpm": 6_000_000}},
+    },
+}
+
+
+@pytest.fixture
+async def ratelimiter(redis_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    path = tmp_path / "limits.yaml"
+    path.write_text(yaml.safe_dump(LIMITS))
+    config = RateLimiterConfig.model_validate({
+        "redis_url": redis_url, "limits_path": str(path), "port": 0, "metrics_port": 0,
+        "key_prefix": f"test:{uuid.uuid4().hex[:10]}", "burst_fraction": 0.5,
+    })
+    parts = RateLimiterServer(config)
+    server, port, _ = create_ratelimiter(config, parts)
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(0)
+    await parts.store.aclose()
+
+
+StartScheduler = Callable[..., Awaitable[SchedulerApp]]
+
+
+@pytest.fixture
+async def start_scheduler(database_url: str, ratelimiter: str) -> AsyncIterator[StartScheduler]:
+    """Start scheduler replicas on this test's database; all are closed at the end."""
+    apps: list[SchedulerApp] = []
+
+    async def start(**overrides: Any) -> SchedulerApp:
+        config = SchedulerConfig.model_validate({
+            "DATABASE_URL": database_url, "FAIRWAY_SCHEDULER_PORT": 0, "FAIRWAY_RATELIMITER_ADDR": ratelimiter,
+            "DB_POOL_MIN": 1, "DB_POOL_MAX": 6, **overrides,
+        })
+        app = await create_scheduler(config)
+        await app.server.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        await app.server.stop(0)
+        await app.close()
+
+
+@pytest.fixture
+async def scheduler(start_scheduler: StartScheduler) -> SchedulerApp:
+    return await start_scheduler()
+
+
+@pytest.fixture
+async def db(database_url: str, scheduler: SchedulerApp) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+class Client:
+    """The Scheduler and Dispatch APIs of one replica, as the gateway and predictors use them."""
+
+    def __init__(self, app: SchedulerApp) -> None:
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        self.api = scheduler_pb2_grpc.SchedulerStub(self.channel)
+        self.dispatch = scheduler_pb2_grpc.DispatchStub(self.channel)
+
+    async def tenant(self, tenant_id: str, **fields: Any) -> pb.Tenant:
+        return await self.api.CreateTenant(pb.CreateTenantRequest(id=tenant_id, **fields))
+
+    async def submit(
+        self, tenant: str, n: int, *, provider: str = "replicate", model: str = "acme/fast",
+        priority: int = 0, key: str = "",
+    ) -> pb.Job:
+        if provider == "openai":
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+        else:
+            body = {"prompt": "a cat"}
+        items = [pb.ItemInput(ref=f"r{i}", input_json=json.dumps(body)) for i in range(n)]
+        return await self.api.SubmitJob(pb.SubmitJobRequest(
+            tenant=tenant, provider=provider, model=model, priority=priority, items=items,
+            idempotency_key=key, request_hash=key and f"hash-{n}",
+        ))
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+@pytest.fixture
+async def client(scheduler: SchedulerApp) -> AsyncIterator[Client]:
+    c = Client(scheduler)
+    yield c
+    await c.close()
+
+
+class FakePredictor:
+    """A predictor's side of `Dispatch.Work`: says how many items it can take, collects them."""
+
+    def __init__(self, client: Client, name: str = "fake", providers: tuple[str, ...] = ()) -> None:
+        self._client = client
+        self._signals: asyncio.Queue[pb.WorkerSignal | None] = asyncio.Queue()
+        self._signals.put_nowait(pb.WorkerSignal(hello=pb.WorkerHello(worker_id=name, providers=providers)))
+        self.received: asyncio.Queue[pb.Assignment] = asyncio.Queue()
+        self._call = client.dispatch.Work(self._outgoing())
+        self._reader = asyncio.create_task(self._read())
+
+    async def _outgoing(self) -> AsyncIterator[pb.WorkerSignal]:
+        while (signal := await self._signals.get()) is not None:
+            yield signal
+
+    async def _read(self) -> None:
+        async for assignment in self._call:
+            self.received.put_nowait(assignment)
+
+    def ready(self, n: int) -> None:
+        self._signals.put_nowait(pb.WorkerSignal(ready=n))
+
+    async def take(self, n: int, timeout_s: float = 20.0) -> list[pb.Assignment]:
+        async with asyncio.timeout(timeout_s):
+            return [await self.received.get() for _ in range(n)]
+
+    async def complete(self, assignments: list[pb.Assignment]) -> pb.OutcomeResponse:
+        return await self._client.dispatch.Complete(pb.CompleteRequest(completions=[
+            pb.Completion(lease=pb.LeaseRef(item_id=a.item_id, lease=a.lease), output_json='{"ok": true}')
+            for a in assignments
+        ]))
+
+    async def fail(
+        self, assignments: list[pb.Assignment], error: str, *, retryable: bool, retry_after_s: float = 0.0
+    ) -> pb.OutcomeResponse:
+        return await self._client.dispatch.Fail(pb.FailRequest(failures=[
+            pb.Failure(lease=pb.LeaseRef(item_id=a.item_id, lease=a.lease), error=error,
+                       retryable=retryable, retry_after_s=retry_after_s)
+            for a in assignments
+        ]))
+
+    async def close(self) -> None:
+        self._signals.put_nowait(None)
+        self._call.cancel()
+        self._reader.cancel()
+
+
+@pytest.fixture
+async def predictor(client: Client) -> AsyncIterator[FakePredictor]:
+    p = FakePredictor(client)
+    yield p
+    await p.close()
+
+
+async def ledger_reconciles(conn: asyncpg.Connection) -> None:
+    """For every tenant with billing on, the balance is the sum of its ledger."""
+    rows = await conn.fetch(
+        "SELECT t.id, t.credits, coalesce(sum(l.amount), 0) AS total FROM tenants t "
+        "LEFT JOIN credit_ledger l ON l.tenant_id = t.id WHERE t.credits IS NOT NULL GROUP BY t.id"
+    )
+    for row in rows:
+        assert row["credits"] == row["total"], dict(row)
+
+
+async def counters_match_items(conn: asyncpg.Connection) -> None:
+    """queue_counts agrees with the items it counts."""
+    wrong = await conn.fetch(
+        "SELECT * FROM queue_counts q FULL JOIN (SELECT lane, tenant_id, "
+        "count(*) FILTER (WHERE status = 'PENDING') AS p, count(*) FILTER (WHERE status = 'PROCESSING') AS r "
+        "FROM items GROUP BY lane, tenant_id) i USING (lane, tenant_id) "
+        "WHERE coalesce(q.pending, 0) <> coalesce(i.p, 0) OR coalesce(q.processing, 0) <> coalesce(i.r, 0)"
+    )
+    assert not wrong, [dict(r) for r in wrong]
