@@ -1,0 +1,193 @@
+"""Credits, leases, retries and cancel through the real service and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import grpc
+import pytest
+from fairway.scheduler.v1 import scheduler_pb2 as pb
+
+from tests.scheduler.conftest import (
+    Client,
+    FakePredictor,
+    StartScheduler,
+    counters_match_items,
+    ledger_reconciles,
+)
+
+
+async def test_concurrent_submits_never_overdraw(client: Client, db: asyncpg.Connection) -> None:
+    await client.tenant("payer", credits=150)
+
+    async def submit() -> bool:
+        try:
+            await client.submit("payer", 2)
+            return True
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION  # 402 insufficient_credits
+            return False
+
+    accepted = await asyncio.gather(*(submit() for _ in range(100)))
+    assert sum(accepted) == 75
+    assert await db.fetchval("SELECT credits FROM tenants WHERE id = 'payer'") == 0
+    assert await db.fetchval("SELECT count(*) FROM items WHERE tenant_id = 'payer'") == 150
+    await ledger_reconciles(db)
+    await counters_match_items(db)
+
+
+async def test_queue_limit_refuses_at_submit(client: Client) -> None:
+    await client.tenant("small", max_queued=10)
+    await client.submit("small", 8)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await client.submit("small", 3)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # 429 queue_full
+    assert dict(refused.value.trailing_metadata() or ()).get("retry-after")
+    await client.submit("small", 2)
+
+
+async def test_charge_at_done_refund_at_failed_and_canceled(
+    client: Client, predictor: FakePredictor, db: asyncpg.Connection
+) -> None:
+    await client.tenant("payer", credits=100)
+    job = await client.submit("payer", 10)
+    predictor.ready(7)
+    got = await predictor.take(7)
+    assert (await predictor.complete(got[:4])).accepted
+    assert (await predictor.fail(got[4:], "bad input", retryable=False)).accepted  # permanent: at once
+    await client.api.CancelJob(pb.CancelJobRequest(tenant="payer", job_id=job.id))
+    final = await client.api.GetJob(pb.GetJobRequest(tenant="payer", job_id=job.id))
+    assert (final.counts.done, final.counts.failed, final.counts.canceled) == (4, 3, 3)
+    assert await db.fetchval("SELECT credits FROM tenants WHERE id = 'payer'") == 96
+    kinds = dict(await db.fetch(
+        "SELECT kind, count(*) FROM credit_ledger WHERE tenant_id = 'payer' GROUP BY kind"
+    ))
+    assert kinds == {"grant": 1, "reserve": 1, "charge": 4, "refund": 6}
+    # A second completion of a DONE item is refused and charges nothing.
+    assert (await predictor.complete(got[:1])).refused == [got[0].item_id]
+    await ledger_reconciles(db)
+    await counters_match_items(db)
+
+
+async def test_expired_lease_returns_the_item_and_fences_the_old_holder(
+    start_scheduler: StartScheduler, database_url: str
+) -> None:
+    app = await start_scheduler(FAIRWAY_LEASE_SECONDS=0.3)
+    client = Client(app)
+    predictor = FakePredictor(client)
+    db = await asyncpg.connect(database_url)
+    try:
+        await client.tenant("t", credits=10)
+        await client.submit("t", 1)
+        predictor.ready(2)
+        (first,) = await predictor.take(1)
+        # No heartbeat: the reaper hands the item back and it is dispatched again.
+        (second,) = await predictor.take(1)
+        assert second.item_id == first.item_id and second.lease != first.lease
+        assert (second.attempt, first.attempt) == (2, 1)
+        assert (await predictor.complete([first])).refused == [first.item_id]
+        assert (await predictor.complete([second])).accepted == [second.item_id]
+        assert (await predictor.complete([second])).refused == [second.item_id]
+        row = await db.fetchrow("SELECT status, attempts FROM items WHERE id = $1", uuid.UUID(first.item_id))
+        assert (row["status"], row["attempts"]) == ("DONE", 2)
+        assert await db.fetchval("SELECT count(*) FROM credit_ledger WHERE kind = 'charge'") == 1
+        await ledger_reconciles(db)
+    finally:
+        await db.close()
+        await predictor.close()
+        await client.close()
+
+
+async def test_retries_back_off_then_fail_with_the_last_error(
+    start_scheduler: StartScheduler, database_url: str
+) -> None:
+    app = await start_scheduler(FAIRWAY_MAX_ATTEMPTS=3, FAIRWAY_RETRY_BASE_SECONDS=0.01)
+    client = Client(app)
+    predictor = FakePredictor(client)
+    db = await asyncpg.connect(database_url)
+    try:
+        await client.tenant("t", credits=5)
+        job = await client.submit("t", 1)
+        for attempt in (1, 2, 3):
+            predictor.ready(1)
+            (a,) = await predictor.take(1)
+            assert a.attempt == attempt
+            assert (await predictor.fail([a], f"upstream 503 #{attempt}", retryable=True)).accepted
+        row = await db.fetchrow("SELECT status, error, attempts FROM items WHERE job_id = $1", uuid.UUID(job.id))
+        assert dict(row) == {"status": "FAILED", "error": "upstream 503 #3", "attempts": 3}
+        assert await db.fetchval("SELECT credits FROM tenants WHERE id = 't'") == 5
+        await ledger_reconciles(db)
+    finally:
+        await db.close()
+        await predictor.close()
+        await client.close()
+
+
+async def test_retry_after_is_honoured(client: Client, predictor: FakePredictor, db: asyncpg.Connection) -> None:
+    await client.tenant("t")
+    await client.submit("t", 1)
+    predictor.ready(1)
+    (a,) = await predictor.take(1)
+    await predictor.fail([a], "429", retryable=True, retry_after_s=30.0)
+    wait = await db.fetchval(
+        "SELECT extract(epoch FROM run_after - now()) FROM items WHERE id = $1", uuid.UUID(a.item_id)
+    )
+    assert 25.0 < wait <= 30.0
+    await counters_match_items(db)
+
+
+async def test_idempotent_submit_and_paginated_listings(client: Client) -> None:
+    await client.tenant("t")
+    first = await client.submit("t", 3, key="order-1")
+    again = await client.submit("t", 3, key="order-1")
+    assert again.id == first.id
+    with pytest.raises(grpc.aio.AioRpcError) as conflict:
+        await client.submit("t", 4, key="order-1")
+    assert conflict.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    for _ in range(4):
+        await client.submit("t", 1)
+    seen, after = [], ""
+    while True:
+        page = await client.api.ListJobs(pb.ListJobsRequest(tenant="t", limit=2, after=after))
+        seen += [j.id for j in page.jobs]
+        if not page.next:
+            break
+        after = page.next
+    assert len(seen) == len(set(seen)) == 5 and seen[-1] == first.id
+    items = await client.api.ListItems(pb.ListItemsRequest(tenant="t", job_id=first.id, limit=2))
+    rest = await client.api.ListItems(pb.ListItemsRequest(tenant="t", job_id=first.id, limit=2, after=items.next))
+    assert [i.ref for i in items.items] + [i.ref for i in rest.items] == ["r0", "r1", "r2"] and not rest.next
+
+
+async def test_watch_streams_item_and_job_events(client: Client, predictor: FakePredictor) -> None:
+    await client.tenant("t")
+    job = await client.submit("t", 2)
+    events = client.api.WatchJob(pb.WatchJobRequest(tenant="t", job_id=job.id))
+    predictor.ready(2)
+    await predictor.complete(await predictor.take(2))
+    statuses: list[tuple[str, int]] = []
+    last = None
+    async for event in events:
+        if event.HasField("item"):
+            statuses.append((event.item.ref, event.item.status))
+        else:
+            last = event.job
+    assert last is not None and last.status == pb.JOB_DONE
+    assert {(ref, pb.DONE) for ref in ("r0", "r1")} <= set(statuses)
+
+
+async def test_queue_stats_per_tenant_and_lane(client: Client, predictor: FakePredictor) -> None:
+    await client.tenant("a")
+    await client.tenant("b")
+    await client.submit("a", 5)
+    await client.submit("b", 3, provider="openai", model="gpt-4o-mini")
+    predictor.ready(2)
+    await predictor.take(2)
+    stats = await client.api.GetQueueStats(pb.GetQueueStatsRequest())
+    tenants = {t.tenant: (t.queued + t.processing, t.dispatched_last_minute) for t in stats.tenants}
+    assert tenants["a"][0] == 5 and tenants["b"][0] == 3
+    assert sum(d for _, d in tenants.values()) == 2
+    lanes = {lane.lane: (lane.queued, lane.processing, lane.tenants) for lane in stats.lanes}
+    assert {k: v[0] + v[1] for k, v in lanes.items()} == {"replicate:create": 5, "openai:gpt-4o-mini": 3}
