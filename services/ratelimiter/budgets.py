@@ -50,9 +50,14 @@ def make_budget(
     burst, request_interval = _gcra(rpm, time_scale, burst_fraction)
     token_burst, token_interval = _gcra(tpm, time_scale, burst_fraction) if tpm > 0 else (0, 0.0)
     return Budget(
-        name=name, rpm=rpm * time_scale, tpm=tpm * time_scale, max_in_flight=max_in_flight,
-        burst=burst, token_burst=token_burst,
-        request_interval_us=request_interval, token_interval_us=token_interval,
+        name=name,
+        rpm=rpm * time_scale,
+        tpm=tpm * time_scale,
+        max_in_flight=max_in_flight,
+        burst=burst,
+        token_burst=token_burst,
+        request_interval_us=request_interval,
+        token_interval_us=token_interval,
     )
 
 
@@ -80,7 +85,11 @@ class BudgetBook:
 
     def _add(self, name: str, rpm: float, tpm: float) -> Budget:
         budget = make_budget(
-            name, rpm, tpm, time_scale=self._time_scale, burst_fraction=self._burst_fraction,
+            name,
+            rpm,
+            tpm,
+            time_scale=self._time_scale,
+            burst_fraction=self._burst_fraction,
             max_in_flight=self._concurrency.get(name, 0),
         )
         self._budgets[name] = budget

@@ -65,7 +65,10 @@ class BudgetClient:
         all_or_nothing: bool = False,
     ) -> Acquired:
         request = ratelimiter_pb2.AcquireRequest(
-            budget=budget, count=count, tokens_each=tokens_each, tenant=tenant,
+            budget=budget,
+            count=count,
+            tokens_each=tokens_each,
+            tenant=tenant,
             all_or_nothing=all_or_nothing,
         )
         reply = await self._call(lambda stub: stub.Acquire(request, timeout=self._timeout_s))
@@ -105,20 +108,21 @@ class BudgetClient:
         limit_tokens: int | None = None,
     ) -> None:
         request = ratelimiter_pb2.UpstreamReport(
-            budget=budget, throttled=throttled, retry_after_s=retry_after_s,
-            remaining_requests=remaining_requests, remaining_tokens=remaining_tokens,
-            reset_requests_s=reset_requests_s, reset_tokens_s=reset_tokens_s,
-            limit_requests=limit_requests, limit_tokens=limit_tokens,
+            budget=budget,
+            throttled=throttled,
+            retry_after_s=retry_after_s,
+            remaining_requests=remaining_requests,
+            remaining_tokens=remaining_tokens,
+            reset_requests_s=reset_requests_s,
+            reset_tokens_s=reset_tokens_s,
+            limit_requests=limit_requests,
+            limit_tokens=limit_tokens,
         )
         await self._call(lambda stub: stub.ReportUpstream(request, timeout=self._timeout_s))
 
-    async def set_tenant_caps(
-        self, tenant: str, *, budget: str = "", rpm: float = 0.0, max_in_flight: int = 0
-    ) -> None:
+    async def set_tenant_caps(self, tenant: str, *, budget: str = "", rpm: float = 0.0, max_in_flight: int = 0) -> None:
         """Cap one tenant's share of a budget ("" = every budget); 0 removes that cap."""
-        request = ratelimiter_pb2.TenantCaps(
-            tenant=tenant, budget=budget, rpm=rpm, max_in_flight=max_in_flight
-        )
+        request = ratelimiter_pb2.TenantCaps(tenant=tenant, budget=budget, rpm=rpm, max_in_flight=max_in_flight)
         await self._call(lambda stub: stub.SetTenantCaps(request, timeout=self._timeout_s))
 
     async def stats(self) -> ratelimiter_pb2.GetStatsResponse:

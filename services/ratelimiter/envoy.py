@@ -52,9 +52,7 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         self._limiter = limiter
         self._retry_s = unavailable_retry_s
 
-    async def ShouldRateLimit(
-        self, request: rls_pb2.RateLimitRequest, context: Any
-    ) -> rls_pb2.RateLimitResponse:
+    async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest, context: Any) -> rls_pb2.RateLimitResponse:
         return await call_or_abort(context, self._decide(request), self._retry_s)
 
     async def _decide(self, request: rls_pb2.RateLimitRequest) -> rls_pb2.RateLimitResponse:
@@ -67,18 +65,22 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
             if name is None:
                 reply.statuses.append(rls_pb2.RateLimitResponse.DescriptorStatus(code=Code.OK))
                 continue
-            hits = (descriptor.hits_addend.value if descriptor.HasField("hits_addend")
-                    else request.hits_addend) or 1
+            hits = (descriptor.hits_addend.value if descriptor.HasField("hits_addend") else request.hits_addend) or 1
             tokens = int(entries["tokens"]) if entries.get("tokens", "").isdigit() else 0
             got = await self._limiter.acquire(
-                name, int(hits), tokens_each=tokens, tenant=entries.get("tenant", ""),
+                name,
+                int(hits),
+                tokens_each=tokens,
+                tenant=entries.get("tenant", ""),
                 all_or_nothing=True,
             )
             taken += got.grant_ids
             status = rls_pb2.RateLimitResponse.DescriptorStatus(
                 code=Code.OK if got.grant_ids else Code.OVER_LIMIT,
                 current_limit=rls_pb2.RateLimitResponse.RateLimit(
-                    name=got.budget.name, requests_per_unit=round(got.budget.rpm), unit=Unit.MINUTE,
+                    name=got.budget.name,
+                    requests_per_unit=round(got.budget.rpm),
+                    unit=Unit.MINUTE,
                 ),
                 limit_remaining=got.decision.remaining,
             )

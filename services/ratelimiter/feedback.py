@@ -65,10 +65,8 @@ class OwnUsage:
 
 def correct(obs: Observation, own: OwnUsage, *, utilization: float, default_cooldown_s: float) -> Correction:
     targets = [
-        _target(obs.remaining_requests, obs.limit_requests, own.published_rpm, own.requests_fraction,
-                utilization),
-        _target(obs.remaining_tokens, obs.limit_tokens, own.published_tpm, own.tokens_fraction,
-                utilization),
+        _target(obs.remaining_requests, obs.limit_requests, own.published_rpm, own.requests_fraction, utilization),
+        _target(obs.remaining_tokens, obs.limit_tokens, own.published_tpm, own.tokens_fraction, utilization),
     ]
     found = [t for t in targets if t is not None]
     target = min(found) if found else None

@@ -58,7 +58,12 @@ class RateLimiter:
         self.available: bool | None = None
 
     async def acquire(
-        self, budget_name: str, count: int, *, tokens_each: int = 0, tenant: str = "",
+        self,
+        budget_name: str,
+        count: int,
+        *,
+        tokens_each: int = 0,
+        tenant: str = "",
         all_or_nothing: bool = False,
     ) -> Acquisition:
         if not 1 <= count <= MAX_BATCH:
@@ -74,9 +79,7 @@ class RateLimiter:
             )
         started = time.perf_counter()
         prefix = self._serials.batch_prefix()
-        decision = await self._guard(
-            self._store.acquire(budget, count, tokens_each, tenant, all_or_nothing, prefix)
-        )
+        decision = await self._guard(self._store.acquire(budget, count, tokens_each, tenant, all_or_nothing, prefix))
         head = SEP.join((budget.name, tenant, str(tokens_each), str(decision.now_us), prefix))
         ids = [f"{head}.{k}" for k in range(1, decision.granted + 1)]
         metrics.LATENCY.observe(time.perf_counter() - started)
@@ -113,20 +116,24 @@ class RateLimiter:
             usage = (await self._guard(self._store.usage([budget])))[0]
             own = OwnUsage(
                 requests_fraction=usage.requests_last_minute / (budget.rpm / self._utilization),
-                tokens_fraction=(usage.tokens_last_minute / (budget.tpm / self._utilization)
-                                 if budget.tpm else 0.0),
-                published_rpm=own.published_rpm, published_tpm=own.published_tpm,
+                tokens_fraction=(usage.tokens_last_minute / (budget.tpm / self._utilization) if budget.tpm else 0.0),
+                published_rpm=own.published_rpm,
+                published_tpm=own.published_tpm,
             )
         fix = correct(obs, own, utilization=self._utilization, default_cooldown_s=self._default_cooldown_s)
         if fix.target_factor is None and fix.multiplier >= 1.0 and fix.cooldown_s <= 0:
             return await self._current_feedback(budget)
-        factor, cooldown = await self._guard(self._store.feedback(
-            budget, target_factor=fix.target_factor, multiplier=fix.multiplier,
-            cooldown_s=fix.cooldown_s, hold_s=fix.hold_s,
-        ))
+        factor, cooldown = await self._guard(
+            self._store.feedback(
+                budget,
+                target_factor=fix.target_factor,
+                multiplier=fix.multiplier,
+                cooldown_s=fix.cooldown_s,
+                hold_s=fix.hold_s,
+            )
+        )
         if factor < 1.0 or cooldown > 0:
-            log.info("budget %s: upstream feedback -> rate factor %.3f, cooldown %.2fs",
-                     budget.name, factor, cooldown)
+            log.info("budget %s: upstream feedback -> rate factor %.3f, cooldown %.2fs", budget.name, factor, cooldown)
         metrics.RATE_FACTOR.labels(budget.name).set(factor)
         return factor, cooldown
 

@@ -21,8 +21,7 @@ async def _run(config: RateLimiterConfig) -> None:
     parts = RateLimiterServer(config)
     server, port, health = create_server(config, parts)
     start_metrics(config.host, config.metrics_port)
-    log.info("ratelimiter on %s:%d, budgets: %s", config.host, port,
-             ", ".join(b.name for b in parts.book.all()))
+    log.info("ratelimiter on %s:%d, budgets: %s", config.host, port, ", ".join(b.name for b in parts.book.all()))
 
     async def ready() -> bool:
         # Serving only once Redis answers; the watch flips health either way afterwards.

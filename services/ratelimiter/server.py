@@ -26,18 +26,30 @@ class RateLimiterServer:
     def __init__(self, config: RateLimiterConfig) -> None:
         limits = Limits.load(config.limits_path)
         self.book = BudgetBook(
-            limits, time_scale=config.time_scale, burst_fraction=config.burst_fraction,
+            limits,
+            time_scale=config.time_scale,
+            burst_fraction=config.burst_fraction,
             concurrency=config.concurrency,
         )
-        self.store = BudgetStore(config.redis_url, StoreParams(
-            key_prefix=config.key_prefix, grant_ttl_s=config.grant_ttl_s, recovery_s=config.recovery_s,
-            min_rate_factor=config.min_rate_factor, time_scale=config.time_scale,
-            burst_fraction=config.burst_fraction,
-        ))
+        self.store = BudgetStore(
+            config.redis_url,
+            StoreParams(
+                key_prefix=config.key_prefix,
+                grant_ttl_s=config.grant_ttl_s,
+                recovery_s=config.recovery_s,
+                min_rate_factor=config.min_rate_factor,
+                time_scale=config.time_scale,
+                burst_fraction=config.burst_fraction,
+            ),
+        )
         self.health: HealthState | None = None
         self.limiter = RateLimiter(
-            self.book, self.store, utilization=limits.utilization, time_scale=config.time_scale,
-            default_cooldown_s=config.default_cooldown_s, on_availability=self._on_availability,
+            self.book,
+            self.store,
+            utilization=limits.utilization,
+            time_scale=config.time_scale,
+            default_cooldown_s=config.default_cooldown_s,
+            on_availability=self._on_availability,
         )
 
     async def _on_availability(self, up: bool) -> None:
@@ -55,10 +67,14 @@ def create_server(
     parts = parts or RateLimiterServer(config)
     server, port, health = grpc_server.create_server(
         [
-            (ratelimiter_pb2_grpc.add_RateLimiterServicer_to_server,
-             RateLimiterServicer(parts.limiter, unavailable_retry_s=config.unavailable_retry_s)),
-            (rls_pb2_grpc.add_RateLimitServiceServicer_to_server,
-             EnvoyRateLimitServicer(parts.limiter, unavailable_retry_s=config.unavailable_retry_s)),
+            (
+                ratelimiter_pb2_grpc.add_RateLimiterServicer_to_server,
+                RateLimiterServicer(parts.limiter, unavailable_retry_s=config.unavailable_retry_s),
+            ),
+            (
+                rls_pb2_grpc.add_RateLimitServiceServicer_to_server,
+                EnvoyRateLimitServicer(parts.limiter, unavailable_retry_s=config.unavailable_retry_s),
+            ),
         ],
         service_names=[SERVICE_NAME, ENVOY_SERVICE],
         address=config.address,

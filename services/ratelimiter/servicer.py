@@ -38,13 +38,18 @@ class RateLimiterServicer(ratelimiter_pb2_grpc.RateLimiterServicer):
         self._limiter = limiter
         self._retry_s = unavailable_retry_s
 
-    async def Acquire(
-        self, request: ratelimiter_pb2.AcquireRequest, context: Any
-    ) -> ratelimiter_pb2.AcquireResponse:
-        got = await call_or_abort(context, self._limiter.acquire(
-            request.budget, request.count, tokens_each=request.tokens_each, tenant=request.tenant,
-            all_or_nothing=request.all_or_nothing,
-        ), self._retry_s)
+    async def Acquire(self, request: ratelimiter_pb2.AcquireRequest, context: Any) -> ratelimiter_pb2.AcquireResponse:
+        got = await call_or_abort(
+            context,
+            self._limiter.acquire(
+                request.budget,
+                request.count,
+                tokens_each=request.tokens_each,
+                tenant=request.tenant,
+                all_or_nothing=request.all_or_nothing,
+            ),
+            self._retry_s,
+        )
         tokens = request.tokens_each
         reply = ratelimiter_pb2.AcquireResponse(
             grants=[ratelimiter_pb2.Grant(id=i, tokens=tokens) for i in got.grant_ids],
@@ -54,16 +59,12 @@ class RateLimiterServicer(ratelimiter_pb2_grpc.RateLimiterServicer):
             reply.limited_by = got.decision.limited_by
         return reply
 
-    async def Settle(
-        self, request: ratelimiter_pb2.SettleRequest, context: Any
-    ) -> ratelimiter_pb2.SettleResponse:
+    async def Settle(self, request: ratelimiter_pb2.SettleRequest, context: Any) -> ratelimiter_pb2.SettleResponse:
         usages = [(s.grant_id, s.used_tokens) for s in request.settlements]
         adjusted = await call_or_abort(context, self._limiter.settle(usages), self._retry_s)
         return ratelimiter_pb2.SettleResponse(tokens_adjusted=adjusted)
 
-    async def Release(
-        self, request: ratelimiter_pb2.ReleaseRequest, context: Any
-    ) -> ratelimiter_pb2.ReleaseResponse:
+    async def Release(self, request: ratelimiter_pb2.ReleaseRequest, context: Any) -> ratelimiter_pb2.ReleaseResponse:
         released = await call_or_abort(context, self._limiter.release(list(request.grant_ids)), self._retry_s)
         return ratelimiter_pb2.ReleaseResponse(released=released)
 
@@ -74,11 +75,14 @@ class RateLimiterServicer(ratelimiter_pb2_grpc.RateLimiterServicer):
             return int(getattr(request, field)) if request.HasField(field) else None  # type: ignore[arg-type]
 
         obs = Observation(
-            throttled=request.throttled, retry_after_s=max(0.0, request.retry_after_s),
-            remaining_requests=opt("remaining_requests"), remaining_tokens=opt("remaining_tokens"),
+            throttled=request.throttled,
+            retry_after_s=max(0.0, request.retry_after_s),
+            remaining_requests=opt("remaining_requests"),
+            remaining_tokens=opt("remaining_tokens"),
             reset_requests_s=max(0.0, request.reset_requests_s),
             reset_tokens_s=max(0.0, request.reset_tokens_s),
-            limit_requests=opt("limit_requests"), limit_tokens=opt("limit_tokens"),
+            limit_requests=opt("limit_requests"),
+            limit_tokens=opt("limit_tokens"),
         )
         factor, cooldown = await call_or_abort(context, self._limiter.report(request.budget, obs), self._retry_s)
         return ratelimiter_pb2.UpstreamReportResponse(rate_factor=factor, cooldown_s=cooldown)
@@ -89,27 +93,36 @@ class RateLimiterServicer(ratelimiter_pb2_grpc.RateLimiterServicer):
         rows = await call_or_abort(context, self._limiter.stats(), self._retry_s)
         reply = ratelimiter_pb2.GetStatsResponse(timestamp=time.time())
         for budget, usage in rows:
-            reply.budgets.append(ratelimiter_pb2.BudgetStats(
-                name=budget.name,
-                limit_rpm=budget.rpm,
-                requests_last_minute=usage.requests_last_minute,
-                limit_tpm=budget.tpm,
-                tokens_last_minute=usage.tokens_last_minute,
-                denied_last_minute=max(0, usage.denied_last_minute),
-                rate_factor=usage.rate_factor,
-                cooldown_until=usage.cooldown_until_s,
-                burst=budget.burst,
-                rpm_usage_percent=100.0 * usage.requests_last_minute / budget.rpm if budget.rpm else 0.0,
-                tpm_usage_percent=100.0 * usage.tokens_last_minute / budget.tpm if budget.tpm else 0.0,
-                in_flight=usage.in_flight,
-                max_in_flight=budget.max_in_flight,
-            ))
+            reply.budgets.append(
+                ratelimiter_pb2.BudgetStats(
+                    name=budget.name,
+                    limit_rpm=budget.rpm,
+                    requests_last_minute=usage.requests_last_minute,
+                    limit_tpm=budget.tpm,
+                    tokens_last_minute=usage.tokens_last_minute,
+                    denied_last_minute=max(0, usage.denied_last_minute),
+                    rate_factor=usage.rate_factor,
+                    cooldown_until=usage.cooldown_until_s,
+                    burst=budget.burst,
+                    rpm_usage_percent=100.0 * usage.requests_last_minute / budget.rpm if budget.rpm else 0.0,
+                    tpm_usage_percent=100.0 * usage.tokens_last_minute / budget.tpm if budget.tpm else 0.0,
+                    in_flight=usage.in_flight,
+                    max_in_flight=budget.max_in_flight,
+                )
+            )
         return reply
 
     async def SetTenantCaps(
         self, request: ratelimiter_pb2.TenantCaps, context: Any
     ) -> ratelimiter_pb2.TenantCapsResponse:
-        await call_or_abort(context, self._limiter.set_tenant_caps(
-            request.tenant, request.budget, request.rpm, request.max_in_flight,
-        ), self._retry_s)
+        await call_or_abort(
+            context,
+            self._limiter.set_tenant_caps(
+                request.tenant,
+                request.budget,
+                request.rpm,
+                request.max_in_flight,
+            ),
+            self._retry_s,
+        )
         return ratelimiter_pb2.TenantCapsResponse()

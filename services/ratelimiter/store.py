@@ -69,8 +69,12 @@ class BudgetStore:
         # One quick retry covers a pooled connection left stale by a Redis restart;
         # a Redis that is really down still fails within the connect timeout.
         self._redis: aioredis.Redis[str] = aioredis.Redis.from_url(
-            redis_url, decode_responses=True, socket_connect_timeout=0.5, socket_timeout=2.0,
-            retry=Retry(NoBackoff(), 1), max_connections=256,
+            redis_url,
+            decode_responses=True,
+            socket_connect_timeout=0.5,
+            socket_timeout=2.0,
+            retry=Retry(NoBackoff(), 1),
+            max_connections=256,
         )
         self._acquire = self._redis.register_script((_SCRIPTS / "acquire.lua").read_text())
         self._close = self._redis.register_script((_SCRIPTS / "close.lua").read_text())
@@ -89,25 +93,45 @@ class BudgetStore:
         return f"{self._p.key_prefix}:caps"
 
     async def acquire(
-        self, budget: Budget, count: int, tokens_each: int, tenant: str, all_or_nothing: bool,
+        self,
+        budget: Budget,
+        count: int,
+        tokens_each: int,
+        tenant: str,
+        all_or_nothing: bool,
         serial_prefix: str,
     ) -> Decision:
         name = budget.name
         keys = [
-            self._key(name, "req"), self._key(name, "tok"), self._key(name, "fb"),
-            self._key(name, "inflight"), self._tenant_key(name, tenant, "req"),
-            self._tenant_key(name, tenant, "inflight"), self._key(name, "caps"), self._global_caps,
+            self._key(name, "req"),
+            self._key(name, "tok"),
+            self._key(name, "fb"),
+            self._key(name, "inflight"),
+            self._tenant_key(name, tenant, "req"),
+            self._tenant_key(name, tenant, "inflight"),
+            self._key(name, "caps"),
+            self._global_caps,
             self._key(name, "ring"),
         ]
         args: list[Any] = [
-            count, tokens_each, 1 if all_or_nothing else 0, budget.request_interval_us, budget.burst,
-            budget.token_interval_us, budget.token_burst, budget.max_in_flight, tenant,
-            int(self._p.grant_ttl_s * 1e6), serial_prefix, self._recovery_per_us,
-            self._p.min_rate_factor, self._p.time_scale, self._p.burst_fraction,
+            count,
+            tokens_each,
+            1 if all_or_nothing else 0,
+            budget.request_interval_us,
+            budget.burst,
+            budget.token_interval_us,
+            budget.token_burst,
+            budget.max_in_flight,
+            tenant,
+            int(self._p.grant_ttl_s * 1e6),
+            serial_prefix,
+            self._recovery_per_us,
+            self._p.min_rate_factor,
+            self._p.time_scale,
+            self._p.burst_fraction,
         ]
         n, now_us, retry_us, limited_by, remaining, factor = await self._run(self._acquire, keys, args)
-        return Decision(int(n), int(now_us), int(retry_us) / 1e6, str(limited_by), int(remaining),
-                        float(factor))
+        return Decision(int(n), int(now_us), int(retry_us) / 1e6, str(limited_by), int(remaining), float(factor))
 
     async def close(self, budget: Budget, tenant: str, grants: Sequence[tuple[GrantId, int]]) -> tuple[int, int]:
         """Settle (`used` >= 0) or release (`used` == RELEASE) grants of one budget and tenant.
@@ -116,13 +140,23 @@ class BudgetStore:
         """
         name = budget.name
         keys = [
-            self._key(name, "req"), self._key(name, "tok"), self._key(name, "inflight"),
-            self._tenant_key(name, tenant, "inflight"), self._key(name, "caps"), self._global_caps,
-            self._key(name, "ring"), self._key(name, "closed"), self._tenant_key(name, tenant, "req"),
+            self._key(name, "req"),
+            self._key(name, "tok"),
+            self._key(name, "inflight"),
+            self._tenant_key(name, tenant, "inflight"),
+            self._key(name, "caps"),
+            self._global_caps,
+            self._key(name, "ring"),
+            self._key(name, "closed"),
+            self._tenant_key(name, tenant, "req"),
         ]
         args: list[Any] = [
-            budget.request_interval_us, budget.token_interval_us, int(self._p.grant_ttl_s * 1e6),
-            tenant, self._p.time_scale, self._p.burst_fraction,
+            budget.request_interval_us,
+            budget.token_interval_us,
+            int(self._p.grant_ttl_s * 1e6),
+            tenant,
+            self._p.time_scale,
+            self._p.burst_fraction,
         ]
         for grant, used in grants:
             args += [grant.serial, grant.tokens, grant.issued_us, used]
@@ -130,13 +164,22 @@ class BudgetStore:
         return int(closed), int(adjusted)
 
     async def feedback(
-        self, budget: Budget, *, target_factor: float | None, multiplier: float, cooldown_s: float,
+        self,
+        budget: Budget,
+        *,
+        target_factor: float | None,
+        multiplier: float,
+        cooldown_s: float,
         hold_s: float,
     ) -> tuple[float, float]:
         """Merge an upstream observation; returns (rate factor, cooldown seconds remaining)."""
         args: list[Any] = [
-            -1 if target_factor is None else target_factor, multiplier, int(cooldown_s * 1e6),
-            self._recovery_per_us, self._p.min_rate_factor, int(hold_s * 1e6),
+            -1 if target_factor is None else target_factor,
+            multiplier,
+            int(cooldown_s * 1e6),
+            self._recovery_per_us,
+            self._p.min_rate_factor,
+            int(hold_s * 1e6),
         ]
         factor, cooldown_us = await self._run(self._feedback, [self._key(budget.name, "fb")], args)
         return float(factor), int(cooldown_us) / 1e6
@@ -157,7 +200,7 @@ class BudgetStore:
         now_us = int(secs) * 1_000_000 + int(micros)
         out = []
         for i in range(len(budgets)):
-            ring, fb, in_flight = replies[1 + 3 * i: 4 + 3 * i]
+            ring, fb, in_flight = replies[1 + 3 * i : 4 + 3 * i]
             out.append(self._usage(now_us, ring, fb, int(in_flight)))
         return out
 

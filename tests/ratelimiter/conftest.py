@@ -31,8 +31,12 @@ def write_limits(path: Path, limits: dict[str, object]) -> str:
 
 def make_config(redis_url: str, limits_path: str, **overrides: object) -> RateLimiterConfig:
     values: dict[str, object] = {
-        "redis_url": redis_url, "limits_path": limits_path, "port": 0, "metrics_port": 0,
-        "key_prefix": f"test:{uuid.uuid4().hex[:10]}", "burst_fraction": 0.5,
+        "redis_url": redis_url,
+        "limits_path": limits_path,
+        "port": 0,
+        "metrics_port": 0,
+        "key_prefix": f"test:{uuid.uuid4().hex[:10]}",
+        "burst_fraction": 0.5,
         **overrides,
     }
     return RateLimiterConfig.model_validate(values)
@@ -77,11 +81,21 @@ def replicas(tmp_path: Path) -> Iterator[Replicas]:
             procs = []
             for _ in range(n):
                 port = free_port()
-                proc = stack.enter_context(ServiceProcess("ratelimiter", env={
-                    "REDIS_URL": redis_url, "FAIRWAY_LIMITS": limits_path,
-                    "FAIRWAY_RATELIMITER_PORT": str(port), "FAIRWAY_RATELIMITER_METRICS_PORT": "0",
-                    "FAIRWAY_RATELIMITER_KEY_PREFIX": prefix, "FAIRWAY_LOG_LEVEL": "WARNING", **env,
-                }, log_dir=tmp_path))
+                proc = stack.enter_context(
+                    ServiceProcess(
+                        "ratelimiter",
+                        env={
+                            "REDIS_URL": redis_url,
+                            "FAIRWAY_LIMITS": limits_path,
+                            "FAIRWAY_RATELIMITER_PORT": str(port),
+                            "FAIRWAY_RATELIMITER_METRICS_PORT": "0",
+                            "FAIRWAY_RATELIMITER_KEY_PREFIX": prefix,
+                            "FAIRWAY_LOG_LEVEL": "WARNING",
+                            **env,
+                        },
+                        log_dir=tmp_path,
+                    )
+                )
                 procs.append((proc, f"127.0.0.1:{port}"))
             for proc, address in procs:
                 proc.wait_grpc_serving(address)

@@ -43,10 +43,15 @@ async def test_client_round_trip(grpc_address: str) -> None:
 async def test_envoy_descriptors_map_to_budgets(grpc_address: str) -> None:
     async with grpc.aio.insecure_channel(grpc_address) as channel:
         stub = rls_pb2_grpc.RateLimitServiceStub(channel)
-        ok = await stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="fairway", descriptors=[
-            descriptor(provider="replicate", operation="create"),
-            descriptor(path="/unlimited"),
-        ]))
+        ok = await stub.ShouldRateLimit(
+            rls_pb2.RateLimitRequest(
+                domain="fairway",
+                descriptors=[
+                    descriptor(provider="replicate", operation="create"),
+                    descriptor(path="/unlimited"),
+                ],
+            )
+        )
         assert ok.overall_code == Code.OK
         assert [s.code for s in ok.statuses] == [Code.OK, Code.OK]
         limit = ok.statuses[0].current_limit
@@ -56,18 +61,29 @@ async def test_envoy_descriptors_map_to_budgets(grpc_address: str) -> None:
 
         # 2 left in replicate:create: asking 3 is over the limit, and the grant taken
         # from replicate:read for the same request is given back.
-        over = await stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="fairway", hits_addend=1, descriptors=[
-            descriptor(budget="replicate:read", tenant="store-a"),
-            descriptor(hits=3, budget="replicate:create"),
-        ]))
+        over = await stub.ShouldRateLimit(
+            rls_pb2.RateLimitRequest(
+                domain="fairway",
+                hits_addend=1,
+                descriptors=[
+                    descriptor(budget="replicate:read", tenant="store-a"),
+                    descriptor(hits=3, budget="replicate:create"),
+                ],
+            )
+        )
         assert over.overall_code == Code.OVER_LIMIT
         assert [s.code for s in over.statuses] == [Code.OK, Code.OVER_LIMIT]
         assert over.statuses[1].duration_until_reset.seconds >= 19
         assert any(h.key == "retry-after" for h in over.response_headers_to_add)
 
-        again = await stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="fairway", descriptors=[
-            descriptor(hits=2, provider="replicate", operation="create"),
-        ]))
+        again = await stub.ShouldRateLimit(
+            rls_pb2.RateLimitRequest(
+                domain="fairway",
+                descriptors=[
+                    descriptor(hits=2, provider="replicate", operation="create"),
+                ],
+            )
+        )
         assert again.overall_code == Code.OK
 
 

@@ -14,22 +14,28 @@ IDLE = OwnUsage(requests_fraction=0.0, tokens_fraction=0.0, published_rpm=1000, 
 
 
 def test_no_evidence_no_correction() -> None:
-    fix = correct(Observation(remaining_requests=990, limit_requests=1000), IDLE, utilization=0.98,
-                  default_cooldown_s=1.0)
+    fix = correct(
+        Observation(remaining_requests=990, limit_requests=1000), IDLE, utilization=0.98, default_cooldown_s=1.0
+    )
     assert fix.target_factor is None and fix.multiplier == 1.0 and fix.cooldown_s == 0.0
 
 
 def test_foreign_usage_lowers_the_target_to_what_is_left() -> None:
     ours = OwnUsage(requests_fraction=0.4, tokens_fraction=0.0, published_rpm=1000, published_tpm=100_000)
     # The provider sees 70% used, we account for 40%: someone else uses 30%.
-    fix = correct(Observation(remaining_requests=300, limit_requests=1000), ours, utilization=0.98,
-                  default_cooldown_s=1.0)
+    fix = correct(
+        Observation(remaining_requests=300, limit_requests=1000), ours, utilization=0.98, default_cooldown_s=1.0
+    )
     assert fix.target_factor == pytest.approx((0.98 - 0.30) / 0.98)
 
 
 def test_lower_provider_limit_and_token_shortage_take_the_minimum() -> None:
-    fix = correct(Observation(remaining_requests=500, limit_requests=500, remaining_tokens=10_000,
-                              limit_tokens=100_000), IDLE, utilization=1.0, default_cooldown_s=1.0)
+    fix = correct(
+        Observation(remaining_requests=500, limit_requests=500, remaining_tokens=10_000, limit_tokens=100_000),
+        IDLE,
+        utilization=1.0,
+        default_cooldown_s=1.0,
+    )
     assert fix.target_factor == pytest.approx(0.1)  # tokens: 90% used by someone else
 
 
@@ -38,8 +44,7 @@ def test_throttle_halves_and_cools_down() -> None:
     assert (fix.multiplier, fix.cooldown_s, fix.hold_s) == (0.5, 3.0, 3.0)
     bare = correct(Observation(throttled=True), IDLE, utilization=0.98, default_cooldown_s=1.0)
     assert (bare.cooldown_s, bare.hold_s) == (1.0, MIN_HOLD_S)
-    empty = correct(Observation(remaining_tokens=0, reset_tokens_s=7.5), IDLE, utilization=0.98,
-                    default_cooldown_s=1.0)
+    empty = correct(Observation(remaining_tokens=0, reset_tokens_s=7.5), IDLE, utilization=0.98, default_cooldown_s=1.0)
     assert empty.cooldown_s == 7.5 and empty.multiplier == 1.0
 
 
