@@ -11,9 +11,8 @@ from services.common.grpc_server import create_server
 from services.common.logging import configure_logging, get_logger
 from services.common.metrics import start_metrics
 from services.predictor.config import PredictorConfig
-from services.predictor.providers.base import Provider
-from services.predictor.providers.openai_provider import OpenAIProvider
-from services.predictor.providers.replicate_provider import ReplicateProvider
+from services.predictor.providers import build_providers
+from services.predictor.providers.base import CallGate
 from services.predictor.worker import Worker
 from services.ratelimiter.client import BudgetClient
 
@@ -22,10 +21,7 @@ log = get_logger(__name__)
 
 async def _run(config: PredictorConfig) -> None:
     budgets = BudgetClient(config.ratelimiter_addr)
-    providers: dict[str, Provider] = {
-        "replicate": ReplicateProvider(config, budgets),
-        "openai": OpenAIProvider(config, budgets),
-    }
+    providers = build_providers(config, budgets, CallGate(config.concurrency))
     worker = Worker(config, providers, budgets)
     # The predictor serves only health and reflection: Kubernetes probes it over gRPC.
     server, port, health = create_server([], service_names=[], address=f"{config.host}:{config.port}")
@@ -36,7 +32,8 @@ async def _run(config: PredictorConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     work = asyncio.create_task(worker.run())
-    log.info("predictor %s: %d slots, health on port %d", config.worker_id, config.concurrency, port)
+    log.info("predictor %s: %d slots, webhooks %s, health on port %d", config.worker_id, config.concurrency,
+             "on" if config.public_url else "off", port)
     await asyncio.wait({work, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
     await health.set(serving=False)
     await worker.drain(config.grace_seconds)

@@ -1,19 +1,22 @@
 """The work loop: take assignments from the scheduler's stream, run them, report back.
 
 Flow control is explicit: the worker tells the scheduler how many more items it can take
-(`ready`), once at connect for every free slot and then one per finished item, so no item
-waits claimed in a local queue. Leases are kept alive by one batched heartbeat; an item
-the scheduler no longer considers ours (canceled, expired) is abandoned at once.
+(`ready`), once at connect for every free slot and then one per slot given back, so no
+item waits claimed in a local queue. A slot is given back when an item ends, or earlier
+when the provider has accepted its call and the item only waits for the result ("parked"):
+waiting costs a timer, not a slot. Leases of every held item, parked or not, are kept alive
+by one batched heartbeat; an item the scheduler no longer considers ours is abandoned at
+once, and if it was canceled its upstream call is canceled too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections import deque
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import grpc
 from fairway.scheduler.v1 import scheduler_pb2 as pb
@@ -23,13 +26,28 @@ from services.common.grpc_server import CHANNEL_OPTIONS
 from services.common.logging import get_logger
 from services.predictor.config import PredictorConfig
 from services.predictor.errors import UpstreamError
-from services.predictor.metrics import CALL_SECONDS, CALLS, IN_FLIGHT
-from services.predictor.providers.base import CallContext, Provider
+from services.predictor.metrics import IN_FLIGHT, ITEM_SECONDS, ITEMS, PARKED
+from services.predictor.providers.base import CallContext, LeaseLost, Provider
+from services.predictor.reporting import Reporter
+from services.predictor.status import StatusLog
 from services.ratelimiter.client import BudgetClient
+from services.ratelimiter.errors import RateLimiterError
 
 log = get_logger(__name__)
 HEARTBEAT_FRACTION = 1 / 3
-STATUS_LOG_SECONDS = 30.0
+
+
+@dataclass(eq=False)
+class Held:
+    """One item this worker holds a lease on."""
+
+    assignment: pb.Assignment
+    task: asyncio.Task[None] | None = None
+    holds_slot: bool = True
+    upstream_id: str = ""
+    uninterrupted: bool = False
+    lost: bool = False  # the lease is gone (noticed while the call could not be cut off)
+    canceled: bool = False
 
 
 class Worker:
@@ -39,18 +57,22 @@ class Worker:
         self._budgets = budgets
         self._channel = grpc.aio.insecure_channel(config.scheduler_addr, options=CHANNEL_OPTIONS)
         self._dispatch = scheduler_pb2_grpc.DispatchStub(self._channel)
-        self._tasks: dict[str, tuple[asyncio.Task[None], pb.Assignment]] = {}
+        self._reporter = Reporter(self._dispatch)
+        self._held: dict[str, Held] = {}
+        self._slots_used = 0
+        self._parked = 0
         self._signals: asyncio.Queue[pb.WorkerSignal | None] = asyncio.Queue()
         self._draining = False
-        self._done_times: deque[float] = deque()
         self._lease_seconds = 30.0
+        self._background: set[asyncio.Task[None]] = set()
+        self.status = StatusLog(config, budgets)
 
     # ---- lifecycle ----
 
     async def run(self) -> None:
         """Hold a work stream open (reconnecting with backoff) until `drain` is called."""
         heartbeat = asyncio.create_task(self._heartbeat_forever())
-        status = asyncio.create_task(self._status_forever())
+        status = asyncio.create_task(self.status.run(self._counts))
         delay = 0.2
         try:
             while not self._draining:
@@ -68,27 +90,40 @@ class Worker:
             status.cancel()
 
     async def drain(self, grace_s: float) -> None:
-        """Stop taking work; let in-flight items finish within `grace_s`, hand back the rest."""
+        """Stop taking work; let held items finish within `grace_s`, hand back the rest."""
         self._draining = True
         self._signals.put_nowait(None)
-        pending = [task for task, _ in self._tasks.values()]
+        pending = [h.task for h in self._held.values() if h.task is not None]
         if pending:
-            log.info("draining %d items for up to %.0fs", len(pending), grace_s)
+            log.info("draining %d items (%d parked) for up to %.0fs", len(pending), self._parked, grace_s)
+            heartbeat = asyncio.create_task(self._heartbeat_forever())
             await asyncio.wait(pending, timeout=grace_s)
-        leftover = list(self._tasks.values())
-        for task, _ in leftover:
-            task.cancel()
+            heartbeat.cancel()
+        leftover = list(self._held.values())
+        for held in leftover:
+            if held.task is not None:
+                held.task.cancel()
         if leftover:
-            failures = [pb.Failure(lease=_lease(a), error="predictor shut down", retryable=True)
-                        for _, a in leftover]
-            with contextlib.suppress(grpc.aio.AioRpcError):
+            # A parked item keeps its recorded upstream id: the next holder resumes it.
+            failures = [pb.Failure(lease=_lease(h.assignment), error="predictor shut down", retryable=True)
+                        for h in leftover]
+            log.info("handing back %d items", len(failures))
+            ITEMS.labels("any", "handed_back").inc(len(failures))
+            try:
                 await self._dispatch.Fail(pb.FailRequest(failures=failures), timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("hand-back failed (%s); the leases will expire instead", exc.code().name)
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
         await self._channel.close()
+
+    def _counts(self) -> tuple[int, int]:
+        return self._slots_used, self._parked
 
     # ---- the stream ----
 
     async def _stream(self) -> None:
-        free = self._config.concurrency - len(self._tasks)
+        free = self._config.concurrency - self._slots_used
         self._signals = asyncio.Queue()
         self._signals.put_nowait(pb.WorkerSignal(hello=pb.WorkerHello(
             worker_id=self._config.worker_id, providers=list(self._providers))))
@@ -100,110 +135,159 @@ class Worker:
                 yield signal
 
         call = self._dispatch.Work(outgoing())
-        log.info("work stream open to %s (%d slots)", self._config.scheduler_addr, free)
+        log.info("work stream open to %s (%d slots free)", self._config.scheduler_addr, free)
         async for assignment in call:
             self._start(assignment)
 
     def _start(self, assignment: pb.Assignment) -> None:
         self._lease_seconds = max(1.0, assignment.lease_expires_at - time.time())
-        task = asyncio.create_task(self._work(assignment), name=f"item-{assignment.item_id}")
-        self._tasks[assignment.item_id] = (task, assignment)
-        IN_FLIGHT.set(len(self._tasks))
+        held = Held(assignment)
+        self._held[assignment.item_id] = held
+        self._slots_used += 1
+        IN_FLIGHT.set(self._slots_used)
+        held.task = asyncio.create_task(self._work(held), name=f"item-{assignment.item_id}")
 
-    async def _work(self, assignment: pb.Assignment) -> None:
+    def _give_slot_back(self, held: Held) -> None:
+        if not held.holds_slot:
+            return
+        held.holds_slot = False
+        self._slots_used -= 1
+        IN_FLIGHT.set(self._slots_used)
+        if not self._draining:
+            self._signals.put_nowait(pb.WorkerSignal(ready=1))
+
+    async def _work(self, held: Held) -> None:
+        assignment = held.assignment
         provider = self._providers.get(assignment.provider)
         started = time.perf_counter()
         outcome = "error"
         try:
             if provider is None:
                 raise UpstreamError(f"this predictor cannot call {assignment.provider!r}")
-            result = await provider.run(assignment, self._context(assignment))
-            await self._report(complete=pb.Completion(
-                lease=_lease(assignment), output_json=json.dumps(result.output),
-                usage_json=json.dumps(result.usage) if result.usage else ""))
+            result = await provider.run(assignment, self._context(held))
             outcome = "done"
+            self.status.done()
+            await self._reporter.complete(pb.Completion(
+                lease=_lease(assignment), output_json=json.dumps(result.output),
+                usage_json=json.dumps(result.usage, separators=(",", ":")) if result.usage else ""))
+        except LeaseLost:
+            outcome = "lost"
         except UpstreamError as exc:
             outcome = "retry" if exc.retryable else "failed"
-            await self._report(fail=pb.Failure(lease=_lease(assignment), error=str(exc),
-                                               retryable=exc.retryable, retry_after_s=exc.retry_after_s))
+            await self._reporter.fail(pb.Failure(lease=_lease(assignment), error=str(exc),
+                                                 retryable=exc.retryable, retry_after_s=exc.retry_after_s))
         except asyncio.CancelledError:
-            outcome = "abandoned"
+            outcome = "lost"
             raise
+        except grpc.aio.AioRpcError as exc:
+            log.warning("item %s: the scheduler did not take its outcome (%s)", assignment.item_id, exc.code().name)
         except Exception as exc:  # a bug or an SDK surprise: fail the item with a readable message
             log.exception("item %s failed unexpectedly", assignment.item_id)
-            await self._report(fail=pb.Failure(lease=_lease(assignment), error=f"predictor error: {exc!r}",
-                                               retryable=True))
+            await self._reporter.fail(pb.Failure(lease=_lease(assignment), error=f"predictor error: {exc!r}",
+                                                 retryable=True))
         finally:
-            CALLS.labels(assignment.provider, outcome).inc()
-            CALL_SECONDS.labels(assignment.provider).observe(time.perf_counter() - started)
-            self._tasks.pop(assignment.item_id, None)
-            IN_FLIGHT.set(len(self._tasks))
-            self._done_times.append(time.monotonic())
-            if not self._draining:
-                self._signals.put_nowait(pb.WorkerSignal(ready=1))
+            ITEMS.labels(assignment.provider, outcome).inc()
+            ITEM_SECONDS.labels(assignment.provider).observe(time.perf_counter() - started)
+            self._held.pop(assignment.item_id, None)
+            if not held.holds_slot:
+                self._parked -= 1
+                PARKED.set(self._parked)
+            self._give_slot_back(held)
 
-    def _context(self, assignment: pb.Assignment) -> CallContext:
+    def _context(self, held: Held) -> CallContext:
+        assignment = held.assignment
+
         async def record_upstream(upstream_id: str) -> bool:
-            reply = await self._dispatch.RecordUpstream(
-                pb.RecordUpstreamRequest(lease=_lease(assignment), upstream_id=upstream_id), timeout=10)
-            return bool(reply.accepted)
+            delay = 0.1
+            for _ in range(8):
+                try:
+                    reply = await self._dispatch.RecordUpstream(
+                        pb.RecordUpstreamRequest(lease=_lease(assignment), upstream_id=upstream_id), timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if reply.accepted:
+                    held.upstream_id = upstream_id
+                return bool(reply.accepted)
+            return False
+
+        async def park() -> None:
+            if held.lost:
+                # Lost while the create could not be cut off: act on it now.
+                self._abandon(held)
+                raise LeaseLost(f"item {assignment.item_id} is no longer ours")
+            if held.holds_slot and self._parked < self._config.max_parked:
+                self._parked += 1
+                PARKED.set(self._parked)
+                self._give_slot_back(held)
 
         async def settle(used_tokens: int) -> None:
             if assignment.grant_id:
-                await self._budgets.settle([(assignment.grant_id, used_tokens)])
+                try:
+                    await self._budgets.settle([(assignment.grant_id, used_tokens)])
+                except RateLimiterError as exc:  # the grant then expires as reserved: safe, not exact
+                    log.warning("could not settle grant of item %s: %s", assignment.item_id, exc)
 
         async def release() -> None:
             if assignment.grant_id:
-                await self._budgets.release([assignment.grant_id])
+                try:
+                    await self._budgets.release([assignment.grant_id])
+                except RateLimiterError as exc:
+                    log.warning("could not release grant of item %s: %s", assignment.item_id, exc)
 
-        return CallContext(record_upstream=record_upstream, settle=settle, release=release)
-
-    async def _report(self, complete: pb.Completion | None = None, fail: pb.Failure | None = None) -> None:
-        """Deliver an outcome, retrying while the scheduler is unreachable (the lease fences duplicates)."""
-        delay = 0.1
-        for _ in range(50):
+        @asynccontextmanager
+        async def uninterrupted() -> AsyncIterator[None]:
+            held.uninterrupted = True
             try:
-                if complete is not None:
-                    await self._dispatch.Complete(pb.CompleteRequest(completions=[complete]), timeout=10)
-                elif fail is not None:
-                    await self._dispatch.Fail(pb.FailRequest(failures=[fail]), timeout=10)
-                return
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                yield
+            finally:
+                held.uninterrupted = False
 
-    # ---- leases and status ----
+        return CallContext(record_upstream=record_upstream, park=park, settle=settle, release=release,
+                           uninterrupted=uninterrupted)
+
+    # ---- leases ----
 
     async def _heartbeat_forever(self) -> None:
         while True:
             await asyncio.sleep(self._lease_seconds * HEARTBEAT_FRACTION)
-            if not self._tasks:
+            if not self._held:
                 continue
-            leases = [_lease(a) for _, a in self._tasks.values()]
+            leases = [_lease(h.assignment) for h in self._held.values()]
             try:
                 reply = await self._dispatch.Heartbeat(
                     pb.HeartbeatRequest(worker_id=self._config.worker_id, leases=leases), timeout=10)
             except grpc.aio.AioRpcError as exc:
                 log.warning("heartbeat failed: %s", exc.code().name)
                 continue
+            canceled = set(reply.canceled)
             for item_id in reply.lost:
-                entry = self._tasks.get(item_id)
-                if entry is not None:
-                    log.info("item %s is no longer ours; abandoning it", item_id)
-                    entry[0].cancel()
+                held = self._held.get(item_id)
+                if held is None or held.lost:
+                    continue
+                held.lost = True
+                held.canceled = item_id in canceled
+                if held.uninterrupted:
+                    continue  # the provider finishes the call it cannot cut off, then sees the loss
+                self._abandon(held)
 
-    async def _status_forever(self) -> None:
-        while True:
-            await asyncio.sleep(STATUS_LOG_SECONDS)
-            cutoff = time.monotonic() - 60
-            while self._done_times and self._done_times[0] < cutoff:
-                self._done_times.popleft()
-            log.info("in flight %d/%d, done last minute %d", len(self._tasks), self._config.concurrency,
-                     len(self._done_times))
+    def _abandon(self, held: Held) -> None:
+        """Stop working on an item that is no longer ours; cancel its upstream call if it was canceled.
+
+        An expired lease leaves the upstream call running: the next holder resumes it."""
+        if held.task is not None and held.task is not asyncio.current_task():
+            held.task.cancel()
+        provider = self._providers.get(held.assignment.provider)
+        if held.canceled and held.upstream_id and provider is not None:
+            task = asyncio.create_task(provider.cancel(held.upstream_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        log.info("item %s is no longer ours (%s)", held.assignment.item_id,
+                 "canceled" if held.canceled else "lease lost")
 
 
 def _lease(assignment: pb.Assignment) -> pb.LeaseRef:
     return pb.LeaseRef(item_id=assignment.item_id, lease=assignment.lease)
-

@@ -1,12 +1,25 @@
-"""The interface every provider adapter implements."""
+"""The interface every provider adapter implements, and what the worker lends it.
+
+    class MyProvider:
+        name = "acme"
+        async def run(self, assignment, ctx) -> Result: ...    # one item, start to end
+        async def cancel(self, upstream_id) -> None: ...        # stop a call the provider holds
+        async def close(self) -> None: ...
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import httpx
 from fairway.scheduler.v1 import scheduler_pb2 as pb
+
+from services.predictor.metrics import CALL_SECONDS, CALLS, CALLS_IN_FLIGHT
 
 
 @dataclass
@@ -15,16 +28,25 @@ class Result:
     usage: dict[str, Any] = field(default_factory=dict)
 
 
+class LeaseLost(Exception):
+    """The item is no longer ours (canceled, or its lease expired): report nothing."""
+
+
 @dataclass
 class CallContext:
     """What an adapter may do besides calling its provider."""
 
-    # Persist the provider's id of an accepted call before waiting on it.
+    # Persist the provider's id of an accepted call before waiting on it; False: the lease is gone.
     record_upstream: Callable[[str], Awaitable[bool]]
+    # The provider holds the call now: the item gives its slot back while it waits.
+    park: Callable[[], Awaitable[None]]
     # Settle the dispatch grant with the tokens the call really used.
     settle: Callable[[int], Awaitable[None]]
     # The grant was not used: the call never reached the provider.
     release: Callable[[], Awaitable[None]]
+    # While inside, losing the lease does not cut the call off: a create whose answer is
+    # dropped would leave a paid call nobody knows of. The adapter cleans up afterwards.
+    uninterrupted: Callable[[], AbstractAsyncContextManager[None]]
 
 
 class Provider(Protocol):
@@ -34,4 +56,42 @@ class Provider(Protocol):
         """Make (or resume) the item's upstream call; raise an `UpstreamError` on failure."""
         ...
 
+    async def cancel(self, upstream_id: str) -> None:
+        """Best effort: stop a call the provider accepted (the item was canceled)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class CallGate:
+    """The process-wide bound on upstream HTTP calls in flight, with their metrics."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = asyncio.Semaphore(limit)
+
+    @asynccontextmanager
+    async def call(self, provider: str, endpoint: str) -> AsyncIterator[None]:
+        async with self._slots:
+            CALLS_IN_FLIGHT.inc()
+            started = time.perf_counter()
+            outcome = "ok"
+            try:
+                yield
+            except BaseException as exc:
+                outcome = call_outcome(exc)
+                raise
+            finally:
+                CALLS_IN_FLIGHT.dec()
+                CALLS.labels(provider, endpoint, outcome).inc()
+                CALL_SECONDS.labels(provider, endpoint).observe(time.perf_counter() - started)
+
+
+def call_outcome(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "canceled"
+    if isinstance(exc, httpx.TimeoutException) or "Timeout" in type(exc).__name__:
+        return "timeout"
+    status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    if isinstance(status, int):
+        return "429" if status == 429 else f"{status // 100}xx"
+    return "reset"

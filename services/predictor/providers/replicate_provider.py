@@ -1,16 +1,25 @@
 """Replicate: create a prediction once, persist its id, then learn how it ended.
 
-The id is recorded with the scheduler before anything waits on the prediction, so a
-predictor that dies mid-way is followed by one that resumes polling the same prediction
-instead of paying for a second one. Polls are paid from the `replicate:read` budget and
-back off exponentially; with `FAIRWAY_PUBLIC_URL` set, the completion arrives as a
-webhook at the gateway and this worker only keeps the lease alive.
+The create never waits for the result (no `Prefer: wait`): the prediction id must be
+recorded with the scheduler before anything waits on it, and a create that blocks until
+the end would hold the only copy of that id in a process that may die. So a predictor
+that dies mid-way is followed by one that resumes the same prediction instead of paying
+for a second one. Once the id is recorded the item gives its slot back ("parks").
+
+How the end is learned:
+- with `FAIRWAY_PUBLIC_URL`, from the provider's signed webhook at the gateway, which
+  completes the item; this worker learns it from its heartbeat. A safety read after
+  `FAIRWAY_WEBHOOK_SAFETY_SECONDS` ends the item if the webhook was lost;
+- otherwise from reads timed by the model's observed run times (`RunTimes`), each paid
+  from the `replicate:read` budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -18,43 +27,112 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ModelError, ReplicateError
 
-from services.common.limits import REPLICATE_READ
+from services.common.limits import REPLICATE_CREATE, REPLICATE_READ
+from services.common.logging import get_logger
 from services.predictor.config import PredictorConfig
-from services.predictor.errors import PermanentUpstreamError, RetryableUpstreamError, UpstreamError
-from services.predictor.providers.base import CallContext, Result
+from services.predictor.errors import (
+    PermanentUpstreamError,
+    UpstreamError,
+    never_sent,
+    retry_after_seconds,
+    status_error,
+    transport_error,
+)
+from services.predictor.metrics import READS_PER_ITEM
+from services.predictor.providers.base import CallContext, CallGate, LeaseLost, Result
+from services.predictor.providers.run_times import RunTimes
 from services.ratelimiter.client import BudgetClient
+from services.ratelimiter.errors import RateLimiterError
 
+log = get_logger(__name__)
 TERMINAL = ("succeeded", "failed", "canceled")
+DEFAULT_BASE_URL = "https://api.replicate.com"
+
+
+class _Client(ReplicateClient):
+    """The official client on an HTTP client of our own.
+
+    The SDK wraps its default transport in a `RetryTransport` that retries reads on 429
+    and 5xx by itself; every call Fairway makes must be paid from a budget and backed
+    off by us, so the SDK gets a plain `httpx.AsyncClient` instead.
+    """
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        super().__init__()
+        self._http = http
+
+    @property
+    def _async_client(self) -> httpx.AsyncClient:
+        return self._http
 
 
 class ReplicateProvider:
     name = "replicate"
 
-    def __init__(self, config: PredictorConfig, budgets: BudgetClient) -> None:
-        self._client = ReplicateClient(
-            api_token=config.replicate_api_token or None,
-            base_url=config.replicate_base_url or None,
+    def __init__(self, config: PredictorConfig, budgets: BudgetClient, gate: CallGate) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=config.replicate_base_url or DEFAULT_BASE_URL,
+            headers={"Authorization": f"Bearer {config.replicate_api_token}", "User-Agent": "fairway-predictor"},
             timeout=httpx.Timeout(config.request_timeout_seconds, connect=5.0),
+            limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
         )
-        # The SDK retries reads on 429/503 on its own; every call Fairway makes must be
-        # paid from a budget and backed off by the scheduler, so those retries are off.
-        self._client._async_client._transport.max_attempts = 1  # type: ignore[attr-defined]
+        self._client = _Client(self._http)
         self._budgets = budgets
+        self._gate = gate
         self._config = config
         self._webhook = f"{config.public_url.rstrip('/')}/v1/webhooks/replicate" if config.public_url else ""
+        self.run_times = RunTimes(
+            hit_ratio=config.replicate_read_hit_ratio, first_s=config.poll_initial_seconds,
+            max_s=config.poll_max_seconds,
+        )
 
     async def run(self, assignment: pb.Assignment, ctx: CallContext) -> Result:
-        prediction_id = assignment.upstream_id
-        if not prediction_id:
-            prediction = await self._create(assignment, ctx)
-            prediction_id = prediction["id"]
-            if not await ctx.record_upstream(prediction_id):
-                # The lease is gone (canceled or expired): stop the paid work at once.
-                await self._cancel(prediction_id)
-                raise PermanentUpstreamError("the item was taken away while its prediction started")
-            if prediction["status"] in TERMINAL:
-                return _outcome(prediction)
-        return await self._follow(prediction_id)
+        model = assignment.model
+        reads = 0
+        if assignment.upstream_id:
+            # Resumed after a crash or hand-back: look once at once, since a webhook that
+            # arrived while nobody held the item was dropped.
+            prediction_id = assignment.upstream_id
+            await ctx.park()
+            data = await self._read(prediction_id)
+            reads += 1
+            if data["status"] in TERMINAL:
+                return self._finished(model, data, reads)
+            started = time.monotonic() - max(0.0, time.time() - _timestamp(data.get("created_at")))
+        else:
+            async with ctx.uninterrupted():
+                data = await self._create(assignment, ctx)
+                prediction_id = data["id"]
+                recorded = await ctx.record_upstream(prediction_id)
+            if not recorded:
+                # The item was canceled or its lease expired while the create ran; nobody
+                # will ever follow this prediction, so stop the paid work at once.
+                await self.cancel(prediction_id)
+                raise LeaseLost(f"item {assignment.item_id} was taken away while its prediction started")
+            started = time.monotonic()
+            await ctx.park()
+            await ctx.settle(0)  # only now: nothing may delay recording the id
+            if data["status"] in TERMINAL:
+                return self._finished(model, data, reads)
+        while True:
+            await asyncio.sleep(self._next_read(model, time.monotonic() - started))
+            data = await self._read(prediction_id)
+            reads += 1
+            if data["status"] in TERMINAL:
+                return self._finished(model, data, reads)
+
+    def _next_read(self, model: str, elapsed_s: float) -> float:
+        if not self._webhook:
+            return self.run_times.next_read(model, elapsed_s)
+        # The webhook carries the result; a read here only catches a lost webhook.
+        safety = self._config.webhook_safety_seconds + (self.run_times.quantile(model, 0.99) or 0.0)
+        return max(safety - elapsed_s, self._config.webhook_safety_seconds / 2)
+
+    def _finished(self, model: str, data: dict[str, Any], reads: int) -> Result:
+        READS_PER_ITEM.observe(reads)
+        if data["status"] == "succeeded":
+            self.run_times.observe(model, _timestamp(data.get("completed_at")) - _timestamp(data.get("created_at")))
+        return _outcome(data)
 
     async def _create(self, assignment: pb.Assignment, ctx: CallContext) -> dict[str, Any]:
         params: dict[str, Any] = {"input": json.loads(assignment.input_json)}
@@ -65,57 +143,86 @@ class ReplicateProvider:
         if self._webhook:
             params["webhook"] = self._webhook
             params["webhook_events_filter"] = ["completed"]
-        if self._config.replicate_wait_seconds:
-            params["wait"] = self._config.replicate_wait_seconds
         try:
-            prediction = await self._client.predictions.async_create(**params)
-        except httpx.ConnectError as exc:
-            await ctx.release()  # never reached the provider
-            raise RetryableUpstreamError(f"Replicate unreachable: {exc}") from exc
+            async with self._gate.call(self.name, "create"):
+                prediction = await self._client.predictions.async_create(**params)
         except (ReplicateError, httpx.HTTPError) as exc:
-            raise _classify(exc) from exc
+            if never_sent(exc):
+                await ctx.release()
+            error = _classify(exc)
+            if isinstance(exc, ReplicateError) and exc.status == 429:
+                await self._report_throttle(REPLICATE_CREATE, error.retry_after_s)
+            raise error from exc
         return _as_dict(prediction)
 
-    async def _follow(self, prediction_id: str) -> Result:
-        if self._webhook:
-            # The gateway completes the item from the webhook; this worker just holds the lease
-            # until the heartbeat says the item is no longer ours (then the task is canceled).
-            await asyncio.Event().wait()
+    async def _read(self, prediction_id: str) -> dict[str, Any]:
+        """One paid read of a prediction. Transient failures are waited out here: the
+        prediction runs on regardless, so they never fail the item."""
         delay = self._config.poll_initial_seconds
         while True:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._config.poll_max_seconds)
-            got = await self._budgets.acquire(REPLICATE_READ, 1)
-            if not got.grants:
-                delay = max(delay, got.retry_after_s)
-                continue
+            await self._pay_read()
             try:
-                prediction = await self._client.predictions.async_get(prediction_id)
+                async with self._gate.call(self.name, "get"):
+                    return _as_dict(await self._client.predictions.async_get(prediction_id))
             except (ReplicateError, httpx.HTTPError) as exc:
                 error = _classify(exc)
+                if isinstance(exc, ReplicateError) and exc.status == 404:
+                    raise PermanentUpstreamError(
+                        f"Replicate no longer knows prediction {prediction_id}; submit the item again"
+                    ) from exc
                 if not error.retryable:
                     raise error from exc
-                delay = max(delay, error.retry_after_s)
-                continue
-            data = _as_dict(prediction)
-            if data["status"] in TERMINAL:
-                return _outcome(data)
+                if isinstance(exc, ReplicateError) and exc.status == 429:
+                    await self._report_throttle(REPLICATE_READ, error.retry_after_s)
+                log.info("read of %s failed (%s); again in %.1fs", prediction_id, error, delay)
+                await asyncio.sleep(max(delay, error.retry_after_s))
+                delay = min(delay * 2, self._config.poll_max_seconds)
 
-    async def _cancel(self, prediction_id: str) -> None:
-        try:
-            got = await self._budgets.acquire(REPLICATE_READ, 1)
+    async def _pay_read(self) -> None:
+        """Wait for a grant from the `replicate:read` budget (reads have no dispatch grant)."""
+        while True:
+            try:
+                got = await self._budgets.acquire(REPLICATE_READ, 1)
+            except RateLimiterError as exc:
+                await asyncio.sleep(max(0.2, getattr(exc, "retry_after_s", 0.0) or 0.5))
+                continue
             if got.grants:
-                await self._client.predictions.async_cancel(prediction_id)
-        except Exception:  # best effort: the item's fate does not depend on it
-            pass
+                return
+            await asyncio.sleep(max(0.01, got.retry_after_s))
+
+    async def _report_throttle(self, budget: str, retry_after_s: float) -> None:
+        try:
+            await self._budgets.report_upstream(budget, throttled=True, retry_after_s=retry_after_s)
+        except RateLimiterError as exc:
+            log.warning("could not report a Replicate 429 to the ratelimiter: %s", exc)
+
+    async def cancel(self, upstream_id: str) -> None:
+        try:
+            async with asyncio.timeout(10):
+                await self._pay_read()
+                async with self._gate.call(self.name, "cancel"):
+                    await self._client.predictions.async_cancel(upstream_id)
+            log.info("canceled prediction %s upstream", upstream_id)
+        except (TimeoutError, ReplicateError, httpx.HTTPError) as exc:
+            # Best effort: the item's fate does not depend on it, only the provider's bill.
+            log.warning("could not cancel prediction %s upstream: %r", upstream_id, exc)
 
     async def close(self) -> None:
-        await self._client._async_client.aclose()
+        await self._http.aclose()
 
 
 def _as_dict(prediction: Any) -> dict[str, Any]:
     dump = getattr(prediction, "model_dump", None) or prediction.dict
     return dict(dump())
+
+
+def _timestamp(text: str | None) -> float:
+    if not text:
+        return float("nan")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return float("nan")
 
 
 def _outcome(prediction: dict[str, Any]) -> Result:
@@ -132,14 +239,15 @@ def _classify(exc: Exception) -> UpstreamError:
     if isinstance(exc, ReplicateError):
         status = exc.status or 0
         detail = exc.detail or exc.title or str(exc)
-        if status == 429 or status >= 500:
-            return RetryableUpstreamError(f"Replicate {status}: {detail}", retry_after_s=_retry_after(detail))
-        return PermanentUpstreamError(f"Replicate rejected the request ({status}): {detail}")
-    return RetryableUpstreamError(f"Replicate call failed: {exc}")
+        return status_error("Replicate", status, detail, retry_after_s=_retry_after(detail))
+    if isinstance(exc, httpx.HTTPStatusError):
+        return status_error("Replicate", exc.response.status_code, exc.response.text[:300],
+                            retry_after_s=retry_after_seconds(exc.response.headers))
+    return transport_error("Replicate", exc)
 
 
 def _retry_after(detail: str) -> float:
-    # "Request was throttled. Your rate limit resets in ~5s."
+    # The SDK keeps the body, not the headers: "Request was throttled. Your rate limit resets in ~5s."
     marker = "resets in ~"
     if marker in detail:
         digits = detail.split(marker, 1)[1].split("s", 1)[0]
