@@ -56,6 +56,10 @@ class E2EStack:
         self.processes: dict[str, ServiceProcess] = {}
         self.predictors: list[ServiceProcess] = []
 
+    def set_env(self, service: str, **env: str) -> None:
+        """Change a service's environment before it starts, e.g. with a URL known once ports are chosen."""
+        self._envs[service].update(env)
+
     def start(self) -> E2EStack:
         self._start("emulator").wait_http(f"{self.emulator_url}/_emulator/health")
         self._start("ratelimiter").wait_grpc_serving(f"127.0.0.1:{self.ports['ratelimiter']}")
