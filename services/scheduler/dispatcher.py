@@ -240,10 +240,13 @@ class Dispatcher:
         if len(acquired.grants) < want:
             # Dispatch exactly as many items as there are grants: none waits claimed.
             picks = shares.pick(len(acquired.grants), self._tenants.weight, self._headroom)
-        rows = await self._pool.fetch(
-            QUERIES["claim_items"], lane, list(picks), list(picks.values()),
-            self._replica, self._config.lease_seconds,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Counter rows first: the lock order every item-moving transaction follows.
+            await conn.execute(QUERIES["lock_counts_for_claim"], list(picks))
+            rows = await conn.fetch(
+                QUERIES["claim_items"], lane, list(picks), list(picks.values()),
+                self._replica, self._config.lease_seconds,
+            )
         claimed, handed_back, unused = self._hand_out(rows, list(acquired.grants))
         self._correct_index(shares, picks, claimed, rows)
         shares.commit(dict(claimed), self._tenants.weight)

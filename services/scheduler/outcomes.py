@@ -56,8 +56,8 @@ class Outcomes:
         return _answer([c.lease.item_id for c in completions], accepted)
 
     async def _flush_completions(self, batch: Sequence[pb.Completion]) -> list[bool]:
-        rows = await self._fetch_retrying(
-            QUERIES["complete_items"],
+        rows = await self._moving(
+            ("lock_counts_of_items",), QUERIES["complete_items"],
             [uuid.UUID(c.lease.item_id) for c in batch], [c.lease.lease for c in batch],
             [c.output_json for c in batch], [c.usage_json or None for c in batch],
         )
@@ -86,8 +86,9 @@ class Outcomes:
         retry_after: list[float], *, backoff: bool, max_attempts: int | None = None,
     ) -> list[Any]:
         base = self._config.retry_base_seconds if backoff else 0.0
-        rows = await self._fetch_retrying(
-            QUERIES["fail_items"], ids, leases, errors, retry, retry_after,
+        rows = await self._moving(
+            ("lock_tenants_of_items", "lock_counts_of_items"), QUERIES["fail_items"],
+            ids, leases, errors, retry, retry_after,
             max_attempts or self._config.max_attempts, base, self._config.retry_max_seconds,
         )
         for row in rows:
@@ -154,6 +155,8 @@ class Outcomes:
         """Cancel a job: pending items at once, in-flight ones fenced off from their holders."""
         job = await self._jobs.get(tenant, job_id)
         async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(QUERIES["lock_tenant_of_job"], uuid.UUID(job.id))
+            await conn.execute(QUERIES["lock_counts_of_job"], uuid.UUID(job.id))
             marked = await conn.fetchval(QUERIES["mark_job_canceled"], uuid.UUID(job.id), tenant)
             rows = await conn.fetch(QUERIES["cancel_items"], uuid.UUID(job.id)) if marked else []
         for row in rows:
@@ -181,15 +184,20 @@ class Outcomes:
                                         retryable=False)])
         return pb.UpstreamResultResponse(matched=True, item_id=item_id)
 
-    async def _fetch_retrying(self, query: str, *args: Any) -> list[Any]:
-        """Run an outcome statement; a deadlock (two statements updating the same jobs and
-        counters in another order) aborts only one of them, and that one simply runs again."""
+    async def _moving(self, locks: Sequence[str], query: str, ids: list[uuid.UUID], *args: Any) -> list[Any]:
+        """Run a statement that moves items, after taking its row locks in the global order
+        (see queries.sql). A deadlock would be a bug in that order; should one happen all
+        the same, only one transaction is aborted, and it simply runs again."""
         for attempt in range(_DEADLOCK_RETRIES):
             try:
-                return list(await self._pool.fetch(query, *args))
+                async with self._pool.acquire() as conn, conn.transaction():
+                    for lock in locks:
+                        await conn.execute(QUERIES[lock], ids)
+                    return list(await conn.fetch(query, ids, *args))
             except asyncpg.DeadlockDetectedError:
                 if attempt == _DEADLOCK_RETRIES - 1:
                     raise
+                log.warning("deadlock moving items; running the statement again")
         raise AssertionError("unreachable")
 
     async def _after(self, rows: Sequence[Any]) -> None:

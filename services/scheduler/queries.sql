@@ -294,3 +294,24 @@ SELECT id, weight, max_concurrency FROM tenants WHERE id = $1;
 
 -- name: notify_tenant
 SELECT pg_notify('fairway_tenants', $1);
+
+-- Lock order, in every transaction that moves items: tenants (by id), then queue_counts
+-- (by lane, tenant), then items, then jobs. Each lock_* statement runs first in its
+-- transaction, so two transactions never wait on each other in a cycle.
+
+-- name: lock_counts_for_claim
+SELECT 1 FROM queue_counts WHERE tenant_id = ANY($1::text[]) ORDER BY lane, tenant_id FOR UPDATE;
+
+-- name: lock_tenants_of_items
+SELECT 1 FROM tenants WHERE id IN (SELECT tenant_id FROM items WHERE id = ANY($1::uuid[]))
+ORDER BY id FOR UPDATE;
+
+-- name: lock_counts_of_items
+SELECT 1 FROM queue_counts WHERE (lane, tenant_id) IN (SELECT lane, tenant_id FROM items WHERE id = ANY($1::uuid[]))
+ORDER BY lane, tenant_id FOR UPDATE;
+
+-- name: lock_tenant_of_job
+SELECT 1 FROM tenants WHERE id = (SELECT tenant_id FROM jobs WHERE id = $1) FOR UPDATE;
+
+-- name: lock_counts_of_job
+SELECT 1 FROM queue_counts WHERE (lane, tenant_id) = (SELECT lane, tenant_id FROM jobs WHERE id = $1) FOR UPDATE;
