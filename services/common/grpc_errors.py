@@ -7,6 +7,7 @@ the client side reads the code from trailing metadata `fairway-error`, and the w
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -91,6 +92,11 @@ def _wrap_unary(behavior: Callable[..., Any], translate: Translate) -> Callable[
 
 
 def _wrap_stream(behavior: Callable[..., Any], translate: Translate) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(behavior):
+        # A streaming handler written with `context.write()` (as the health service's Watch
+        # is) is a coroutine, not a generator: wrap it like a unary one.
+        return _wrap_unary(behavior, translate)
+
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             async for response in behavior(request, context):
