@@ -130,7 +130,8 @@ WITH wanted AS (
     UPDATE items i SET status = 'PROCESSING', lease = nextval('leases'), worker = $4,
         attempts = attempts + 1, leased_until = now() + make_interval(secs => $5),
         started_at = coalesce(started_at, now()), change_seq = nextval('item_changes')
-    FROM picked WHERE i.id = picked.id
+    -- An array, not a join: the planner cannot know LIMIT w.n and would scan all items.
+    WHERE i.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING i.id, i.job_id, i.tenant_id, i.lease, i.attempts, i.input, i.upstream_id, i.leased_until
 ), counted AS (
     UPDATE jobs j SET n_pending = n_pending - c.n, n_processing = n_processing + c.n, updated_at = now()
