@@ -14,6 +14,7 @@ statements that move items), so a resync costs O(lanes x tenants), not O(backlog
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections import Counter, defaultdict
@@ -43,6 +44,8 @@ RESYNC_SECONDS = 5.0
 # (rounded up, never before their run_after), so a burst of failures costs few timers.
 _DELAY_GRAIN_S = 0.05
 _UNLIMITED = 1 << 30
+# Weight of one completion in a lane's mean token use (about the last 50 calls).
+_USAGE_EWMA = 0.02
 
 
 def provider_of(lane: str) -> str:
@@ -62,6 +65,10 @@ class Dispatcher:
         self._replica = replica
         self.lanes: dict[str, LaneShares] = {}
         self._estimate: dict[str, float] = {}
+        # Mean tokens a call of the lane really used (from completions' usage). Reserving the
+        # upper bound (prompt + max output) wastes the budget: a refund that arrives after the
+        # budget has caught up with the clock is lost, so grants must be close to real use.
+        self._used: dict[str, float] = {}
         self._blocked_until: dict[str, float] = {}
         self._delayed: dict[tuple[float, str, str], int] = {}
         self._turn = 0
@@ -122,6 +129,21 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def observe_usage(self, lane: str, usage_json: str) -> None:
+        """A completed call's usage: learn the lane's mean real token use (settled per grant)."""
+        try:
+            used = json.loads(usage_json).get("total_tokens")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(used, int) and used > 0:
+            old = self._used.get(lane)
+            self._used[lane] = float(used) if old is None else old + _USAGE_EWMA * (used - old)
+
+    def _tokens_each(self, lane: str) -> int:
+        estimate = self._estimate.get(lane, 0.0)
+        used = self._used.get(lane)
+        return int(estimate if used is None or not estimate else min(estimate, used))
 
     def add_backlog(self, lane: str, tenant: str, n: int, estimate: float = 0.0) -> None:
         shares = self.lanes.setdefault(lane, LaneShares())
@@ -231,7 +253,7 @@ class Dispatcher:
         if want == 0:
             return False
         started = time.perf_counter()
-        acquired = await self._budgets.acquire(lane, want, tokens_each=int(self._estimate.get(lane, 0.0)))
+        acquired = await self._budgets.acquire(lane, want, tokens_each=self._tokens_each(lane))
         if not acquired.grants:
             GRANT_WAITS.labels(lane).inc()
             self._blocked_until[lane] = time.monotonic() + acquired.retry_after_s

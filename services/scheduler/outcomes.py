@@ -62,6 +62,10 @@ class Outcomes:
             [c.output_json for c in batch], [c.usage_json or None for c in batch],
         )
         OUTCOMES.labels("done").inc(len(rows))
+        usage = {c.lease.item_id: c.usage_json for c in batch if c.usage_json}
+        for row in rows:
+            if text := usage.get(str(row["id"])):
+                self._dispatcher.observe_usage(row["lane"], text)
         await self._after(rows)
         done = {str(r["id"]) for r in rows}
         return [c.lease.item_id in done for c in batch]
