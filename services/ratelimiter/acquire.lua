@@ -1,4 +1,4 @@
--- Decide one Acquire of up to `count` grants against every dimension of one budget, atomically.
+-- Decide a queue of Acquires of one budget, in order, atomically: each against every dimension.
 --
 -- GCRA per dimension: a key holds the theoretical arrival time (TAT, microseconds of Redis
 -- TIME). A dimension with emission interval T and burst b admits grant k (1-based) now when
@@ -7,164 +7,212 @@
 --             the burst still passes on an idle budget, the debt delays the next ones)
 -- The grant count is the minimum over all dimensions, so nothing is charged that is not granted.
 --
+-- Several Acquires share one script call when they arrive while the previous call of their
+-- budget is in flight (see coalesce.py). Each is decided exactly as if it ran alone, after
+-- the ones before it: state is read once, carried from one Acquire to the next in Lua
+-- locals, and written once, so the Redis work per Acquire shrinks as the queue grows.
+--
 -- KEYS: 1 request TAT, 2 token TAT, 3 feedback hash, 4 budget in-flight zset,
---       5 tenant request TAT, 6 tenant in-flight zset, 7 budget caps hash, 8 global caps hash,
---       9 usage ring hash
--- ARGV: 1 count, 2 tokens each, 3 all-or-nothing (0/1), 4 request interval us, 5 burst,
---       6 token interval us (0: none), 7 token burst, 8 max in flight (0: none), 9 tenant,
---       10 lease us, 11 serial prefix, 12 factor recovery per us, 13 min factor,
---       14 time scale, 15 burst fraction
--- Returns: {granted, now_us, retry_after_us, limited_by, remaining, factor}
+--       5 budget caps hash, 6 global caps hash, 7 usage ring hash,
+--       then per tenant j (1-based): 6+2j tenant request TAT, 7+2j tenant in-flight zset
+-- ARGV: 1 request interval us, 2 burst, 3 token interval us (0: none), 4 token burst,
+--       5 max in flight (0: none), 6 lease us, 7 factor recovery per us, 8 min factor,
+--       9 time scale, 10 burst fraction, 11 number of tenants J, 12..11+J tenant names,
+--       then per Acquire: count, tokens each, all-or-nothing (0/1), tenant index j, serial prefix
+-- Returns: {now_us, factor, then per Acquire: granted, retry_after_us, limited_by, remaining}
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local count = tonumber(ARGV[1])
-local cost = tonumber(ARGV[2])
-local all_or_nothing = ARGV[3] == '1'
-local tenant = ARGV[9]
-local lease = tonumber(ARGV[10])
+local lease = tonumber(ARGV[6])
+local ntenants = tonumber(ARGV[11])
+local first = 12 + ntenants
 
 -- Upstream feedback: a shared cooldown and a rate factor that recovers linearly.
 local fb = redis.call('HMGET', KEYS[3], 'factor', 'at', 'cooldown_until')
 local factor = 1
 if fb[1] then
-  factor = math.min(1, math.max(tonumber(ARGV[13]), tonumber(fb[1]) + (now - tonumber(fb[2])) * tonumber(ARGV[12])))
+  factor = math.min(1, math.max(tonumber(ARGV[8]), tonumber(fb[1]) + (now - tonumber(fb[2])) * tonumber(ARGV[7])))
 end
+local out = {now, tostring(factor)}
 local cooldown_until = tonumber(fb[3] or '0')
 if cooldown_until > now then
-  return {0, now, cooldown_until - now, 'cooldown', 0, tostring(factor)}
+  for _ = first, #ARGV, 5 do
+    out[#out + 1] = 0
+    out[#out + 1] = cooldown_until - now
+    out[#out + 1] = 'cooldown'
+    out[#out + 1] = 0
+  end
+  return out
 end
 
 -- Microsecond times exceed tostring's 14 significant digits: write them whole, rounded up
 -- (rounding down would hand out a sliver of budget at every write).
 local function us(x) return string.format('%.0f', math.ceil(x)) end
 
+-- TATs are read on first use and written once at the end, in the order first written.
+local tats, written = {}, {}
+local function tat_of(key)
+  local v = tats[key]
+  if v == nil then
+    v = tonumber(redis.call('GET', key) or '0')
+    tats[key] = v
+  end
+  return v
+end
+local function set_tat(key, v)
+  if not written[key] then written[#written + 1] = key; written[key] = true end
+  tats[key] = v
+end
+
 -- Each dimension: {name, key, T, burst_time, per-grant cost in time, check_then_charge}
-local dims = {}
-local req_T = tonumber(ARGV[4]) / factor
-dims[#dims + 1] = {'requests', KEYS[1], req_T, tonumber(ARGV[5]) * req_T, req_T, false}
-local tok_T = tonumber(ARGV[6]) / factor
-if tok_T > 0 and cost > 0 then
-  dims[#dims + 1] = {'tokens', KEYS[2], tok_T, tonumber(ARGV[7]) * tok_T, cost * tok_T, true}
-end
-
-local tenant_max = 0
-if tenant ~= '' then
-  local cap = redis.call('HGET', KEYS[7], tenant) or redis.call('HGET', KEYS[8], tenant)
-  if cap then
-    local sep = string.find(cap, ',', 1, true)
-    local rpm = tonumber(string.sub(cap, 1, sep - 1))
-    tenant_max = tonumber(string.sub(cap, sep + 1))
-    if rpm > 0 then
-      local tb = math.max(1, math.floor(rpm * tonumber(ARGV[15])))
-      local tT = 60000000 / (math.max(rpm - tb, rpm * 0.5) * tonumber(ARGV[14]))
-      dims[#dims + 1] = {'tenant', KEYS[5], tT, tb * tT, tT, false}
-    end
-  end
-end
-
-local n = count
-local limited_by = ''
-local bases = {}
-for i, d in ipairs(dims) do
-  local tat = tonumber(redis.call('GET', d[2]) or '0')
-  local base = math.max(tat, now)
-  bases[i] = base
-  local fit
-  if d[6] then
-    if base - now > d[4] then fit = 0 else fit = math.floor((now + d[4] - base) / d[5] + 1e-9) + 1 end
-  else
-    fit = math.floor((now + d[4] - base) / d[5] + 1e-9)
-  end
-  if fit < n then
-    n = math.max(fit, 0)
-    limited_by = d[1]
-  end
-end
+local req_T = tonumber(ARGV[1]) / factor
+local req_dim = {'requests', KEYS[1], req_T, tonumber(ARGV[2]) * req_T, req_T, false}
+local tok_T = tonumber(ARGV[3]) / factor
+local tok_burst = tonumber(ARGV[4]) * tok_T
 
 -- Concurrency: leases in a zset scored by expiry, so a lost grant frees its slot in time.
-local max_in_flight = tonumber(ARGV[8])
-local in_flight = 0
-if max_in_flight > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  in_flight = redis.call('ZCARD', KEYS[4])
-  if max_in_flight - in_flight < n then
-    n = math.max(max_in_flight - in_flight, 0)
+local function held(key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  return redis.call('ZCARD', key)
+end
+local max_in_flight = tonumber(ARGV[5])
+local budget = {max = max_in_flight, held = 0, key = KEYS[4], leases = {}}
+if max_in_flight > 0 then budget.held = held(KEYS[4]) end
+
+-- Tenants, each with its caps read once.
+local tenants = {}
+for j = 1, ntenants do
+  local name = ARGV[11 + j]
+  local ten = {max = 0, held = 0, key = KEYS[7 + 2 * j], leases = {}}
+  if name ~= '' then
+    local cap = redis.call('HGET', KEYS[5], name) or redis.call('HGET', KEYS[6], name)
+    if cap then
+      local sep = string.find(cap, ',', 1, true)
+      local rpm = tonumber(string.sub(cap, 1, sep - 1))
+      ten.max = tonumber(string.sub(cap, sep + 1))
+      if rpm > 0 then
+        local tb = math.max(1, math.floor(rpm * tonumber(ARGV[10])))
+        local tT = 60000000 / (math.max(rpm - tb, rpm * 0.5) * tonumber(ARGV[9]))
+        ten.dim = {'tenant', KEYS[6 + 2 * j], tT, tb * tT, tT, false}
+      end
+    end
+    if ten.max > 0 then ten.held = held(ten.key) end
+  end
+  tenants[j] = ten
+end
+
+local function lease_out(slots, serial, n)
+  for k = 1, n do
+    slots.leases[#slots.leases + 1] = now + lease
+    slots.leases[#slots.leases + 1] = serial .. '.' .. k
+  end
+  slots.held = slots.held + n
+end
+
+local ring_r, ring_t, ring_d = 0, 0, 0
+for i = first, #ARGV, 5 do
+  local count = tonumber(ARGV[i])
+  local cost = tonumber(ARGV[i + 1])
+  local all_or_nothing = ARGV[i + 2] == '1'
+  local ten = tenants[tonumber(ARGV[i + 3])]
+  local dims = {req_dim}
+  if tok_T > 0 and cost > 0 then
+    dims[#dims + 1] = {'tokens', KEYS[2], tok_T, tok_burst, cost * tok_T, true}
+  end
+  if ten.dim then dims[#dims + 1] = ten.dim end
+
+  local n = count
+  local limited_by = ''
+  local bases = {}
+  for k, d in ipairs(dims) do
+    local base = math.max(tat_of(d[2]), now)
+    bases[k] = base
+    local fit
+    if d[6] then
+      if base - now > d[4] then fit = 0 else fit = math.floor((now + d[4] - base) / d[5] + 1e-9) + 1 end
+    else
+      fit = math.floor((now + d[4] - base) / d[5] + 1e-9)
+    end
+    if fit < n then
+      n = math.max(fit, 0)
+      limited_by = d[1]
+    end
+  end
+  if budget.max > 0 and budget.max - budget.held < n then
+    n = math.max(budget.max - budget.held, 0)
     limited_by = 'concurrency'
   end
-end
-if tenant_max > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
-  local held = redis.call('ZCARD', KEYS[6])
-  if tenant_max - held < n then
-    n = math.max(tenant_max - held, 0)
+  if ten.max > 0 and ten.max - ten.held < n then
+    n = math.max(ten.max - ten.held, 0)
     limited_by = 'tenant'
   end
+  if all_or_nothing and n < count then n = 0 end
+
+  if n > 0 then
+    for k, d in ipairs(dims) do set_tat(d[2], bases[k] + n * d[5]) end
+    if budget.max > 0 then lease_out(budget, ARGV[i + 4], n) end
+    if ten.max > 0 then lease_out(ten, ARGV[i + 4], n) end
+    ring_r = ring_r + n
+    ring_t = ring_t + n * cost
+  end
+  if n < count then ring_d = ring_d + count - n end
+
+  -- Retry advice: when the next grant (all `count` for all-or-nothing, capped at each burst)
+  -- fits every rate dimension, given what was just charged.
+  local retry = 0
+  if n < count then
+    for k, d in ipairs(dims) do
+      local base = bases[k] + n * d[5]
+      local need
+      if all_or_nothing then need = count else need = 1 end
+      local wait
+      if d[6] then
+        need = math.min(need, math.max(1, math.floor(d[4] / d[5]) + 1))
+        wait = base + (need - 1) * d[5] - d[4] - now
+      else
+        need = math.min(need, math.max(1, math.floor(d[4] / d[5] + 1e-9)))
+        wait = base + need * d[5] - d[4] - now
+      end
+      if wait > retry then retry = wait end
+    end
+    if retry <= 0 then
+      -- Held back by concurrency only: no schedule to compute, suggest one request interval.
+      retry = req_T
+    end
+  end
+
+  -- Requests that would still fit right now (for Envoy's limit_remaining).
+  local remaining = math.max(0, math.floor((now + req_dim[4] - (bases[1] + n * req_T)) / req_T + 1e-9))
+  out[#out + 1] = n
+  out[#out + 1] = math.ceil(retry)
+  out[#out + 1] = limited_by
+  out[#out + 1] = remaining
 end
 
-if all_or_nothing and n < count then n = 0 end
-
-if n > 0 then
-  for i, d in ipairs(dims) do
-    local tat = bases[i] + n * d[5]
-    redis.call('SET', d[2], us(tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
-  end
-  if max_in_flight > 0 or tenant_max > 0 then
-    local members = {}
-    for k = 1, n do
-      members[#members + 1] = now + lease
-      members[#members + 1] = ARGV[11] .. '.' .. k
-    end
-    if max_in_flight > 0 then
-      redis.call('ZADD', KEYS[4], unpack(members))
-      redis.call('PEXPIRE', KEYS[4], math.ceil(lease / 1000) + 1000)
-    end
-    if tenant_max > 0 then
-      redis.call('ZADD', KEYS[6], unpack(members))
-      redis.call('PEXPIRE', KEYS[6], math.ceil(lease / 1000) + 1000)
-    end
-  end
+for _, key in ipairs(written) do
+  local tat = tats[key]
+  redis.call('SET', key, us(tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
+-- ZADD in slices: unpack() of a whole large batch would exceed Lua's stack.
+local function add_leases(slots)
+  local m = slots.leases
+  for s = 1, #m, 2000 do
+    redis.call('ZADD', slots.key, unpack(m, s, math.min(s + 1999, #m)))
+  end
+  if #m > 0 then redis.call('PEXPIRE', slots.key, math.ceil(lease / 1000) + 1000) end
+end
+add_leases(budget)
+for j = 1, ntenants do add_leases(tenants[j]) end
 
 -- Usage ring: one slot per second (64 slots), for requests/tokens/denials in the last minute.
 local sec = math.floor(now / 1000000)
 local slot = sec % 64
-local stamp = redis.call('HGET', KEYS[9], 's' .. slot)
+local stamp = redis.call('HGET', KEYS[7], 's' .. slot)
 if stamp ~= tostring(sec) then
-  redis.call('HSET', KEYS[9], 's' .. slot, tostring(sec), 'r' .. slot, 0, 't' .. slot, 0, 'd' .. slot, 0)
-  redis.call('PEXPIRE', KEYS[9], 120000)
+  redis.call('HSET', KEYS[7], 's' .. slot, tostring(sec), 'r' .. slot, 0, 't' .. slot, 0, 'd' .. slot, 0)
+  redis.call('PEXPIRE', KEYS[7], 120000)
 end
-if n > 0 then
-  redis.call('HINCRBY', KEYS[9], 'r' .. slot, n)
-  if cost > 0 then redis.call('HINCRBY', KEYS[9], 't' .. slot, n * cost) end
-end
-if n < count then redis.call('HINCRBY', KEYS[9], 'd' .. slot, count - n) end
-
--- Retry advice: when the next grant (all `count` for all-or-nothing, capped at each burst)
--- fits every rate dimension, given what was just charged.
-local retry = 0
-if n < count then
-  for i, d in ipairs(dims) do
-    local base = bases[i] + n * d[5]
-    local need
-    if all_or_nothing then need = count else need = 1 end
-    local wait
-    if d[6] then
-      need = math.min(need, math.max(1, math.floor(d[4] / d[5]) + 1))
-      wait = base + (need - 1) * d[5] - d[4] - now
-    else
-      need = math.min(need, math.max(1, math.floor(d[4] / d[5] + 1e-9)))
-      wait = base + need * d[5] - d[4] - now
-    end
-    if wait > retry then retry = wait end
-  end
-  if retry <= 0 then
-    -- Held back by concurrency only: no schedule to compute, suggest one request interval.
-    retry = req_T
-  end
-end
-
--- Requests that would still fit right now (for Envoy's limit_remaining).
-local d1 = dims[1]
-local remaining = math.max(0, math.floor((now + d1[4] - (bases[1] + n * d1[5])) / d1[5] + 1e-9))
-return {n, now, math.ceil(retry), limited_by, remaining, tostring(factor)}
+if ring_r > 0 then redis.call('HINCRBY', KEYS[7], 'r' .. slot, ring_r) end
+if ring_t > 0 then redis.call('HINCRBY', KEYS[7], 't' .. slot, ring_t) end
+if ring_d > 0 then redis.call('HINCRBY', KEYS[7], 'd' .. slot, ring_d) end
+return out

@@ -17,10 +17,19 @@ from typing import TypeVar
 from services.common.logging import get_logger
 from services.ratelimiter import metrics
 from services.ratelimiter.budgets import Budget, BudgetBook
+from services.ratelimiter.coalesce import GroupCommit
 from services.ratelimiter.errors import InvalidBudgetRequest
 from services.ratelimiter.feedback import Observation, OwnUsage, correct
 from services.ratelimiter.grants import SEP, GrantId, SerialSource
-from services.ratelimiter.store import RELEASE, BudgetStore, Decision, StoreUnavailable, Usage, gather_closes
+from services.ratelimiter.store import (
+    RELEASE,
+    Ask,
+    BudgetStore,
+    Decision,
+    StoreUnavailable,
+    Usage,
+    gather_closes,
+)
 
 log = get_logger(__name__)
 
@@ -55,6 +64,8 @@ class RateLimiter:
         self._default_cooldown_s = default_cooldown_s
         self._on_availability = on_availability
         self._serials = SerialSource()
+        self._queues: dict[str, GroupCommit[Ask, Decision]] = {}
+        self._budget_meters: dict[str, metrics.BudgetMeters] = {}
         self.available: bool | None = None
 
     async def acquire(
@@ -79,16 +90,38 @@ class RateLimiter:
             )
         started = time.perf_counter()
         prefix = self._serials.batch_prefix()
-        decision = await self._guard(self._store.acquire(budget, count, tokens_each, tenant, all_or_nothing, prefix))
-        head = SEP.join((budget.name, tenant, str(tokens_each), str(decision.now_us), prefix))
-        ids = [f"{head}.{k}" for k in range(1, decision.granted + 1)]
-        metrics.LATENCY.observe(time.perf_counter() - started)
-        if decision.granted:
-            metrics.GRANTS.labels(budget.name).inc(decision.granted)
-        if decision.granted < count:
-            metrics.DENIALS.labels(budget.name, decision.limited_by).inc(count - decision.granted)
-            metrics.WAIT.labels(budget.name).observe(decision.retry_after_s)
+        ask = Ask(count, tokens_each, tenant, all_or_nothing, prefix)
+        decision = await self._guard(self._queue(budget).submit(ask))
+        granted = decision.granted
+        if granted:
+            head = f"{budget.name}{SEP}{tenant}{SEP}{tokens_each}{SEP}{decision.now_us}{SEP}{prefix}."
+            ids = [head + "1"] if granted == 1 else [f"{head}{k}" for k in range(1, granted + 1)]
+        else:
+            ids = []
+        meters = self._meters(budget.name)
+        meters.latency.observe(time.perf_counter() - started)
+        if granted:
+            meters.grants.inc(granted)
+        if granted < count:
+            meters.denials(decision.limited_by).inc(count - granted)
+            meters.wait.observe(decision.retry_after_s)
         return Acquisition(budget, decision, ids)
+
+    def _queue(self, budget: Budget) -> GroupCommit[Ask, Decision]:
+        queue = self._queues.get(budget.name)
+        if queue is None:
+
+            async def run(asks: Sequence[Ask]) -> list[Decision]:
+                return await self._store.acquire(budget, asks)
+
+            queue = self._queues[budget.name] = GroupCommit(run)
+        return queue
+
+    def _meters(self, name: str) -> metrics.BudgetMeters:
+        meters = self._budget_meters.get(name)
+        if meters is None:
+            meters = self._budget_meters[name] = metrics.BudgetMeters(name)
+        return meters
 
     async def settle(self, usages: Sequence[tuple[str, int]]) -> int:
         """Close grants with their actual token usage; returns tokens charged (<0: refunded)."""

@@ -20,3 +20,20 @@ LATENCY = Histogram(
 USAGE_RATIO = Gauge("fairway_ratelimiter_usage_ratio", "Requests in the last minute / planned limit", ["budget"])
 RATE_FACTOR = Gauge("fairway_ratelimiter_rate_factor", "Upstream-feedback rate factor", ["budget"])
 REDIS_UP = Gauge("fairway_ratelimiter_redis_up", "1 while the shared budget store answers")
+
+
+class BudgetMeters:
+    """One budget's children of the labelled metrics, looked up once rather than per call."""
+
+    def __init__(self, budget: str) -> None:
+        self._budget = budget
+        self.latency = LATENCY
+        self.grants = GRANTS.labels(budget)
+        self.wait = WAIT.labels(budget)
+        self._denials: dict[str, Counter] = {}
+
+    def denials(self, limited_by: str) -> Counter:
+        child = self._denials.get(limited_by)
+        if child is None:
+            child = self._denials[limited_by] = DENIALS.labels(self._budget, limited_by)
+        return child

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -33,7 +33,17 @@ class StoreUnavailable(RateLimiterError):
     """Redis did not answer; no grant can be decided."""
 
 
-@dataclass(frozen=True)
+class Ask(NamedTuple):
+    """One Acquire as the store decides it."""
+
+    wanted: int
+    tokens_each: int
+    tenant: str
+    all_or_nothing: bool
+    serial_prefix: str
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     granted: int
     now_us: int
@@ -80,6 +90,7 @@ class BudgetStore:
         self._close = self._redis.register_script((_SCRIPTS / "close.lua").read_text())
         self._feedback = self._redis.register_script((_SCRIPTS / "feedback.lua").read_text())
         self._recovery_per_us = 1.0 / (params.recovery_s * 1e6)
+        self._acquire_parts: dict[str, tuple[list[bytes], list[bytes]]] = {}
 
     def _key(self, budget: str, part: str) -> str:
         return f"{self._p.key_prefix}:{{{budget}}}:{part}"
@@ -92,46 +103,53 @@ class BudgetStore:
         # Caps for every budget; outside the budgets' hash slots, so a single-node Redis only.
         return f"{self._p.key_prefix}:caps"
 
-    async def acquire(
-        self,
-        budget: Budget,
-        count: int,
-        tokens_each: int,
-        tenant: str,
-        all_or_nothing: bool,
-        serial_prefix: str,
-    ) -> Decision:
-        name = budget.name
-        keys = [
-            self._key(name, "req"),
-            self._key(name, "tok"),
-            self._key(name, "fb"),
-            self._key(name, "inflight"),
-            self._tenant_key(name, tenant, "req"),
-            self._tenant_key(name, tenant, "inflight"),
-            self._key(name, "caps"),
-            self._global_caps,
-            self._key(name, "ring"),
+    def _budget_part(self, budget: Budget) -> tuple[list[bytes], list[bytes]]:
+        """Keys and arguments of acquire.lua that depend only on the budget, encoded once."""
+        part = self._acquire_parts.get(budget.name)
+        if part is None:
+            name = budget.name
+            keys = [self._key(name, p) for p in ("req", "tok", "fb", "inflight", "caps")]
+            keys += [self._global_caps, self._key(name, "ring")]
+            args = [
+                budget.request_interval_us,
+                budget.burst,
+                budget.token_interval_us,
+                budget.token_burst,
+                budget.max_in_flight,
+                int(self._p.grant_ttl_s * 1e6),
+                self._recovery_per_us,
+                self._p.min_rate_factor,
+                self._p.time_scale,
+                self._p.burst_fraction,
+            ]
+            part = ([k.encode() for k in keys], [repr(a).encode() for a in args])
+            self._acquire_parts[name] = part
+        return part
+
+    async def acquire(self, budget: Budget, asks: Sequence[Ask]) -> list[Decision]:
+        """Decide `asks` of one budget in order, in one script call (see acquire.lua)."""
+        budget_keys, budget_args = self._budget_part(budget)
+        tenants: dict[str, int] = {}
+        for ask in asks:
+            tenants.setdefault(ask.tenant, len(tenants) + 1)
+        keys: list[str | bytes] = list(budget_keys)
+        args: list[str | bytes | int] = [*budget_args, len(tenants), *tenants]
+        for tenant in tenants:
+            keys += (self._tenant_key(budget.name, tenant, "req"), self._tenant_key(budget.name, tenant, "inflight"))
+        for ask in asks:
+            args += (
+                ask.wanted,
+                ask.tokens_each,
+                1 if ask.all_or_nothing else 0,
+                tenants[ask.tenant],
+                ask.serial_prefix,
+            )
+        reply = await self._run(self._acquire, keys, args)
+        now_us, factor = int(reply[0]), float(reply[1])
+        return [
+            Decision(int(reply[i]), now_us, int(reply[i + 1]) / 1e6, reply[i + 2], int(reply[i + 3]), factor)
+            for i in range(2, len(reply), 4)
         ]
-        args: list[Any] = [
-            count,
-            tokens_each,
-            1 if all_or_nothing else 0,
-            budget.request_interval_us,
-            budget.burst,
-            budget.token_interval_us,
-            budget.token_burst,
-            budget.max_in_flight,
-            tenant,
-            int(self._p.grant_ttl_s * 1e6),
-            serial_prefix,
-            self._recovery_per_us,
-            self._p.min_rate_factor,
-            self._p.time_scale,
-            self._p.burst_fraction,
-        ]
-        n, now_us, retry_us, limited_by, remaining, factor = await self._run(self._acquire, keys, args)
-        return Decision(int(n), int(now_us), int(retry_us) / 1e6, str(limited_by), int(remaining), float(factor))
 
     async def close(self, budget: Budget, tenant: str, grants: Sequence[tuple[GrantId, int]]) -> tuple[int, int]:
         """Settle (`used` >= 0) or release (`used` == RELEASE) grants of one budget and tenant.
@@ -238,7 +256,7 @@ class BudgetStore:
     async def aclose(self) -> None:
         await self._redis.aclose()  # type: ignore[attr-defined]  # stubs predate redis 5
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
+    async def _run(self, script: Any, keys: Sequence[str | bytes], args: Sequence[Any]) -> list[Any]:
         try:
             result: list[Any] = await script(keys=keys, args=args)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
