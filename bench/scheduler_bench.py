@@ -32,7 +32,7 @@ import asyncpg
 from bench.report import machine, write_section
 from services.scheduler.fairness import LaneShares
 from services.scheduler.migrations import migrate
-from services.scheduler.sql import QUERIES
+from services.scheduler.sql import QUERIES, SERVER_SETTINGS
 
 IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 LANE = "replicate:create"
@@ -108,7 +108,7 @@ async def fairway_throughput(dsn: str, items: int, batch: int, workers: int, ten
     await add_tenants(conn, tenants)
     await add_backlog(conn, tenants, items // tenants)
     await conn.close()
-    pool = await asyncpg.create_pool(dsn, min_size=workers, max_size=workers)
+    pool = await asyncpg.create_pool(dsn, min_size=workers, max_size=workers, server_settings=SERVER_SETTINGS)
     names = [f"t{i}" for i in range(tenants)]
     done = 0
 
@@ -179,9 +179,11 @@ async def pgqueuer_throughput(dsn: str, items: int, batch: int, workers: int) ->
     return done / elapsed
 
 
-async def bench_throughput(server: str, items: int, batches: list[int], workers: int) -> list[dict[str, Any]]:
+async def bench_throughput(
+    server: str, items: int, batches: list[int], workers_list: list[int]
+) -> list[dict[str, Any]]:
     results = []
-    for batch in batches:
+    for batch, workers in [(b, w) for w in workers_list for b in batches]:
         for system in ("fairway", "pgqueuer"):
             dsn = await fresh_db(server)
             try:
@@ -193,7 +195,7 @@ async def bench_throughput(server: str, items: int, batches: list[int], workers:
                 await drop_db(server, dsn)
             results.append({"system": system, "batch": batch, "workers": workers, "items": items,
                             "items_per_s": rate})
-            print(f"  throughput {system:9s} batch={batch:4d}: {rate:8.0f} items/s", flush=True)
+            print(f"  throughput {system:9s} batch={batch:4d} workers={workers}: {rate:8.0f} items/s", flush=True)
     return results
 
 
@@ -226,7 +228,7 @@ async def claim_latency(
 ) -> list[dict[str, Any]]:
     """Grow one table's backlog through `sizes`; at each size time pick + claim batches."""
     dsn = await fresh_db(server)
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
     out = []
     try:
         await migrate(conn)
@@ -302,12 +304,13 @@ def plot(results: dict[str, Any]) -> None:
     IMG.mkdir(parents=True, exist_ok=True)
     tp = results["throughput"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    batches = sorted({r["batch"] for r in tp})
+    groups = sorted({(r["workers"], r["batch"]) for r in tp})
     width = 0.38
     for k, system in enumerate(("fairway", "pgqueuer")):
-        vals = [next(r["items_per_s"] for r in tp if r["system"] == system and r["batch"] == b) for b in batches]
-        ax.bar([i + (k - 0.5) * width for i in range(len(batches))], vals, width, label=system)
-    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+        vals = [next(r["items_per_s"] for r in tp if r["system"] == system and (r["workers"], r["batch"]) == g)
+                for g in groups]
+        ax.bar([i + (k - 0.5) * width for i in range(len(groups))], vals, width, label=system)
+    ax.set_xticks(range(len(groups)), [f"{w} worker{'s' if w > 1 else ''}\nbatch {b}" for w, b in groups])
     ax.set_ylabel("items leased + completed / s")
     ax.set_title("Lease + complete, instant upstream, same PostgreSQL")
     ax.legend()
@@ -361,19 +364,19 @@ def report(results: dict[str, Any]) -> str:
         "",
         "### (a) Lease + complete throughput, instant upstream",
         "",
-        f"{tp[0]['items']:,} queued items, {tp[0]['workers']} concurrent workers, each looping *lease a batch -> "
+        f"{tp[0]['items']:,} queued items; 1 or 4 concurrent workers, each looping *lease a batch -> "
         "complete it*. Fairway runs its own statements (`claim_items`: fair split over 10 tenants, lease "
         "token, attempts, job and queue counters; `complete_items`: fenced by the lease, job counters, "
         "ledger charge); pgqueuer 1.6 runs `dequeue` + `log_jobs` on the same server, same batch size, "
         "same number of workers.",
         "",
-        "| batch | fairway items/s | pgqueuer items/s | ratio |",
-        "| --- | --- | --- | --- |",
+        "| workers | batch | fairway items/s | pgqueuer items/s | fairway / pgqueuer |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    for b in sorted({r["batch"] for r in tp}):
-        f = next(r["items_per_s"] for r in tp if r["system"] == "fairway" and r["batch"] == b)
-        p = next(r["items_per_s"] for r in tp if r["system"] == "pgqueuer" and r["batch"] == b)
-        lines.append(f"| {b} | {f:,.0f} | {p:,.0f} | {f / p:.2f} |")
+    for w, b in sorted({(r["workers"], r["batch"]) for r in tp}):
+        f = next(r["items_per_s"] for r in tp if r["system"] == "fairway" and (r["workers"], r["batch"]) == (w, b))
+        p = next(r["items_per_s"] for r in tp if r["system"] == "pgqueuer" and (r["workers"], r["batch"]) == (w, b))
+        lines.append(f"| {w} | {b} | {f:,.0f} | {p:,.0f} | {f / p:.2f} |")
     lines += ["", "![throughput](img/scheduler_throughput.png)", "",
               "### (b) Dispatch-decision latency vs backlog and tenants", "",
               f"The fair pick (`LaneShares.pick` + `commit`, batch {results['batch']}, weights 1-3) over a "
@@ -428,7 +431,7 @@ async def run_async(*, quick: bool = False, dsn: str | None = None) -> dict[str,
         sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
         tenant_counts = [10, 10_000] if quick else [10, 1_000, 10_000]
         print("(a) throughput", flush=True)
-        throughput = await bench_throughput(dsn, items, [32, 256], workers=4)
+        throughput = await bench_throughput(dsn, items, [32, 256], [1, 4])
         print("(b) pick latency", flush=True)
         pick = {t: [{"backlog": s, **pick_latency(s, t, batch, 300)} for s in sizes] for t in tenant_counts}
         claim = {}

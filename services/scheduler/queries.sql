@@ -223,7 +223,7 @@ SELECT id, job_id, tenant_id, lane, status, delay_s FROM changed;
 
 -- name: expired_leases
 -- Leases whose holder went silent: hand them back (attempt already counted) or fail them.
-SELECT id, lease FROM items WHERE status = 'PROCESSING' AND leased_until < now()
+SELECT id, lease FROM items WHERE lease IS NOT NULL AND leased_until < now() AND status = 'PROCESSING'
 ORDER BY leased_until LIMIT $1;
 
 -- name: mark_job_canceled

@@ -27,6 +27,7 @@ from services.scheduler.jobs import Jobs
 from services.scheduler.migrations import migrate
 from services.scheduler.outcomes import Outcomes
 from services.scheduler.servicer import SchedulerServicer
+from services.scheduler.sql import SERVER_SETTINGS
 from services.scheduler.tenants import TenantDirectory
 from services.scheduler.workers import WorkerRegistry
 
@@ -70,7 +71,7 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(config.database_url, min_size=config.db_pool_min,
-                                     max_size=config.db_pool_max)
+                                     max_size=config.db_pool_max, server_settings=SERVER_SETTINGS)
     replica = uuid.uuid4().hex[:12]
     budgets = BudgetClient(config.ratelimiter_addr)
     tenants = TenantDirectory(pool)

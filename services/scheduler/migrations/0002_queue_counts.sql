@@ -17,3 +17,9 @@ FROM items WHERE status IN ('PENDING', 'PROCESSING') GROUP BY lane, tenant_id;
 
 -- The oldest queued item of a tenant, for queue statistics: one index probe per tenant.
 CREATE INDEX items_pending_age ON items (tenant_id, created_at) WHERE status = 'PENDING';
+
+-- The reaper's index, keyed on the lease instead of the status: an index whose predicate is
+-- status = 'PROCESSING' matched the completion statements' own status test, and the planner,
+-- believing few items in flight, scanned it (dead entries and all) instead of the primary key.
+DROP INDEX items_leased;
+CREATE INDEX items_leased ON items (leased_until) WHERE lease IS NOT NULL;
