@@ -33,10 +33,11 @@ from tests.e2e.stack import E2EStack, wait_terminal
 from tests.support.processes import ServiceProcess
 
 CHAT_MODEL = "gpt-4o-mini"
+RAMP_S = 20.0
 TOKEN_LIMITS = """
 openai:
   models:
-    gpt-4o-mini: {rpm: 100000, tpm: 60000}
+    gpt-4o-mini: {rpm: 100000, tpm: 30000}
 """
 ROOMY_LIMITS = """
 replicate: {create_rpm: 10000000, read_rpm: 10000000}
@@ -117,16 +118,17 @@ def openai_tokens(
     """(b): a backlog larger than the run can serve; token use measured between two samples."""
     limits = workdir / "limits.yaml"
     limits.write_text(TOKEN_LIMITS)
-    tpm = 60000
+    tpm = 30000
     with _stack(workdir, database_url, redis_url, limits, time_scale=time_scale) as stack:
         _, client = stack.create_tenant("bench-openai")
         # More than the run can serve (items use 50 tokens or more), so the budget is the only limit.
-        n = int(tpm * time_scale / 60 / 50 * (seconds + 10))
+        n = int(tpm * time_scale / 60 / 50 * (seconds + RAMP_S))
         job_id = _submit(client, _chat_job(n, "tok"))
-        time.sleep(seconds * 0.25)  # ramp-up: the first provider minute's burst is not steady state
+        # Steady state only: the first calls teach the scheduler the lane's real token use.
+        time.sleep(RAMP_S)
         first = _endpoint(stack, stack.openai_key, "openai.chat.completions")
         t0 = time.monotonic()
-        time.sleep(seconds * 0.75)
+        time.sleep(seconds)
         second = _endpoint(stack, stack.openai_key, "openai.chat.completions")
         elapsed = time.monotonic() - t0
         client.post(f"/v1/jobs/{job_id}/cancel")
@@ -163,7 +165,7 @@ def instant(workdir: Path, database_url: str, redis_url: str, n: int) -> dict[st
     return result
 
 
-def run(replicate_items: int = 1000, openai_seconds: float = 40.0, instant_items: int = 3000,
+def run(replicate_items: int = 1000, openai_seconds: float = 60.0, instant_items: int = 3000,
         time_scale: float = 10.0) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="fairway-predictor-bench-"))
     postgres = EmbeddedPostgres(root / "pg")
@@ -177,7 +179,9 @@ def run(replicate_items: int = 1000, openai_seconds: float = 40.0, instant_items
         return {
             "machine": machine(),
             "replicate": replicate_reads(*fresh("replicate"), redis_url, replicate_items, time_scale),
-            "openai": openai_tokens(*fresh("openai"), redis_url, openai_seconds, time_scale / 2),
+            # Real time: the ratelimiter's usage ring (which its upstream feedback compares with the
+            # provider's window) counts real seconds, the emulator's window scaled ones.
+            "openai": openai_tokens(*fresh("openai"), redis_url, openai_seconds, 1.0),
             "instant": instant(*fresh("instant"), redis_url, instant_items),
         }
     finally:
@@ -241,7 +245,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        result = run(replicate_items=200, openai_seconds=16, instant_items=500)
+        result = run(replicate_items=200, openai_seconds=20, instant_items=500)
     else:
         result = run()
     print(result)

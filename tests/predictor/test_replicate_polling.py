@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
 from collections.abc import Iterator
 
+import asyncpg
+import httpx
 import pytest
 
 from tests.e2e.stack import E2EStack, all_items, wait_terminal
@@ -28,6 +32,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_dsn: str, redis_url
         scheduler={"FAIRWAY_LEASE_SECONDS": "3"},
         predictor={"FAIRWAY_PREDICTOR_GRACE": "0.5"},
     ) as running:
+        running.database_url = database_url  # type: ignore[attr-defined]
         yield running
 
 
@@ -90,3 +95,34 @@ def test_openai_chat_settles_compact_usage_without_being_throttled(stack: E2ESta
         assert set(item["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
         assert item["output"]["content"]
     assert stack.rejected(stack.openai_key) == 0
+
+
+def test_a_prediction_created_before_a_crash_is_adopted_not_created_again(stack: E2EStack) -> None:
+    """The worker died after the provider accepted its creates but before it recorded the ids:
+    the items hold only the intent. The next worker finds the predictions and adopts them."""
+    stack.predictors.pop(0).stop()
+    _, client = stack.create_tenant("orphans")
+    n = 3
+    job = submit(client, n, "orphan")
+    intent_at = time.time()  # recorded just before the creates
+    for i in range(n):  # what the dead worker created
+        reply = httpx.post(f"{stack.emulator_url}/v1/models/google/nano-banana/predictions",
+                           headers={"Authorization": f"Bearer {stack.replicate_token}"},
+                           json={"input": {"prompt": f"orphan {i}"}}, timeout=10)
+        assert reply.status_code == 201, reply.text
+    before = replicate_counts(stack)
+
+    async def record_intents() -> None:
+        conn = await asyncpg.connect(stack.database_url)  # type: ignore[attr-defined]
+        try:
+            await conn.execute(
+                "UPDATE items SET upstream_id = 'creating:' || id || ':' || $2::text WHERE job_id = $1",
+                uuid.UUID(job["id"]), f"{intent_at:.3f}")
+        finally:
+            await conn.close()
+
+    asyncio.run(record_intents())
+    stack.start_predictor()
+    final = wait_terminal(client, job["id"])
+    assert final["status"] == "DONE" and final["counts"]["DONE"] == n
+    assert replicate_counts(stack)["create"] == before["create"], "the orphans were adopted, none created again"

@@ -22,6 +22,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+import grpc
 import httpx
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 from replicate.client import Client as ReplicateClient
@@ -40,6 +41,7 @@ from services.predictor.errors import (
 )
 from services.predictor.metrics import READS_PER_ITEM
 from services.predictor.providers.base import CallContext, CallGate, LeaseLost, Result
+from services.predictor.providers.replicate_recovery import find_orphan, intent_id, is_intent
 from services.predictor.providers.run_times import RunTimes
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.errors import RateLimiterError
@@ -88,38 +90,72 @@ class ReplicateProvider:
 
     async def run(self, assignment: pb.Assignment, ctx: CallContext) -> Result:
         model = assignment.model
+        upstream_id = assignment.upstream_id
         reads = 0
-        if assignment.upstream_id:
+        data: dict[str, Any] | None = None
+        if upstream_id and not is_intent(upstream_id):
             # Resumed after a crash or hand-back: look once at once, since a webhook that
             # arrived while nobody held the item was dropped.
-            prediction_id = assignment.upstream_id
             await ctx.park()
-            data = await self._read(prediction_id)
+            data = await self._read(upstream_id)
             reads += 1
-            if data["status"] in TERMINAL:
-                return self._finished(model, data, reads)
-            started = time.monotonic() - max(0.0, time.time() - _timestamp(data.get("created_at")))
-        else:
-            async with ctx.uninterrupted():
-                data = await self._create(assignment, ctx)
-                prediction_id = data["id"]
-                recorded = await ctx.record_upstream(prediction_id)
-            if not recorded:
-                # The item was canceled or its lease expired while the create ran; nobody
-                # will ever follow this prediction, so stop the paid work at once.
-                await self.cancel(prediction_id)
-                raise LeaseLost(f"item {assignment.item_id} was taken away while its prediction started")
+        elif upstream_id:
+            # The previous holder died around its create: adopt what it created, if anything.
+            data = await find_orphan(self._client, self._gate, self._pay_read, assignment,
+                                     lambda pid: self._adopt(ctx, pid))
+            if data is None:
+                await self._pay_create()  # a resumed item comes without a create grant
+            else:
+                log.info("item %s: adopted prediction %s", assignment.item_id, data["id"])
+                await ctx.park()
+        if data is None:
+            data = await self._create_recorded(assignment, ctx)
             started = time.monotonic()
-            await ctx.park()
-            await ctx.settle(0)  # only now: nothing may delay recording the id
-            if data["status"] in TERMINAL:
-                return self._finished(model, data, reads)
+        else:
+            started = time.monotonic() - max(0.0, time.time() - _timestamp(data.get("created_at")))
+        if data["status"] in TERMINAL:
+            return self._finished(model, data, reads)
+        prediction_id = data["id"]
         while True:
             await asyncio.sleep(self._next_read(model, time.monotonic() - started))
             data = await self._read(prediction_id)
             reads += 1
             if data["status"] in TERMINAL:
                 return self._finished(model, data, reads)
+
+    async def _create_recorded(self, assignment: pb.Assignment, ctx: CallContext) -> dict[str, Any]:
+        """Create the prediction with its id recorded before anything waits on it."""
+        if not await ctx.record_upstream(intent_id(assignment.item_id)):
+            await ctx.release()
+            raise LeaseLost(f"item {assignment.item_id} was taken away before its prediction started")
+        async with ctx.uninterrupted():
+            data = await self._create(assignment, ctx)
+            recorded = await ctx.record_upstream(data["id"])
+        if not recorded:
+            # The item was canceled or its lease expired while the create ran; nobody
+            # will ever follow this prediction, so stop the paid work at once.
+            await self.cancel(data["id"])
+            raise LeaseLost(f"item {assignment.item_id} was taken away while its prediction started")
+        await ctx.park()
+        await ctx.settle(0)  # only now: nothing may delay recording the id
+        return data
+
+    async def _adopt(self, ctx: CallContext, prediction_id: str) -> bool:
+        try:
+            return await ctx.record_upstream(prediction_id)
+        except grpc.aio.AioRpcError:
+            return False  # another item holds this prediction
+
+    async def _pay_create(self) -> None:
+        while True:
+            try:
+                got = await self._budgets.acquire(REPLICATE_CREATE, 1)
+            except RateLimiterError as exc:
+                await asyncio.sleep(max(0.2, getattr(exc, "retry_after_s", 0.0) or 0.5))
+                continue
+            if got.grants:
+                return
+            await asyncio.sleep(max(0.01, got.retry_after_s))
 
     def _next_read(self, model: str, elapsed_s: float) -> float:
         if not self._webhook:
@@ -197,6 +233,8 @@ class ReplicateProvider:
             log.warning("could not report a Replicate 429 to the ratelimiter: %s", exc)
 
     async def cancel(self, upstream_id: str) -> None:
+        if is_intent(upstream_id):
+            return
         try:
             async with asyncio.timeout(10):
                 await self._pay_read()
