@@ -120,7 +120,10 @@ class E2EStack:
         return sum(int(e.get("rejected", 0)) for e in self.emulator_stats()["keys"].get(key, {}).values())
 
 
-def job_events(client: httpx.Client, job_id: str, last_event_id: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+Event = tuple[str, dict[str, Any]]
+
+
+def job_events(client: httpx.Client, job_id: str, last_event_id: str | None = None) -> Iterator[Event]:
     """(event, data) pairs of a job's SSE stream, until the server ends it."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=120) as stream:
