@@ -7,6 +7,7 @@ from collections import Counter
 
 import asyncpg
 import pytest
+from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.scheduler import dispatcher
 from services.scheduler.server import SchedulerApp
@@ -123,3 +124,16 @@ async def test_capped_tenant_gets_more_as_its_items_finish(
     predictor.ready(4)
     second = await predictor.take(4)
     assert Counter(a.tenant for a in second)["capped"] == 2
+
+
+async def test_a_weight_change_applies_to_the_next_dispatch(client: Client, predictor: FakePredictor) -> None:
+    await client.tenant("a")
+    await client.tenant("b")
+    await client.submit("a", 500)
+    await client.submit("b", 500)
+    predictor.ready(20)
+    assert Counter(x.tenant for x in await predictor.take(20)) == {"a": 10, "b": 10}
+    await client.api.UpdateTenant(pb.UpdateTenantRequest(id="b", weight=4.0))
+    predictor.ready(50)
+    got = Counter(x.tenant for x in await predictor.take(50))
+    assert abs(got["b"] - 40) <= 1, got
