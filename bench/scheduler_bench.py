@@ -360,7 +360,8 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         f"`python -m bench.scheduler_bench{' --quick' if results['quick'] else ''}` "
         f"(`bench/scheduler_bench.py`, `run(...) -> dict`). Machine: {machine()}, one PostgreSQL "
-        f"({results['pg']}) shared by everything, other test runs on the same cores.",
+        f"({results['pg']}) shared by everything, other test runs on the same cores "
+        f"(5-minute load average {results.get('load', float('nan')):.1f} at the end of the run).",
         "",
         "### (a) Lease + complete throughput, instant upstream",
         "",
@@ -439,7 +440,7 @@ async def run_async(*, quick: bool = False, dsn: str | None = None) -> dict[str,
             claim[t] = await claim_latency(dsn, sizes, t, batch, rounds=20)
         print("(c) skewed", flush=True)
         results = {"quick": quick, "pg": pg, "batch": batch, "throughput": throughput, "pick": pick,
-                   "claim": claim, "skewed": skewed()}
+                   "claim": claim, "skewed": skewed(), "load": os.getloadavg()[1]}
         return results
     finally:
         if embedded is not None:
