@@ -187,7 +187,13 @@ class Dispatcher:
 
     def _on_tenant_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         task = asyncio.get_running_loop().create_task(self._tenants.refresh(payload))
-        task.add_done_callback(lambda _t: self.wake())
+        task.add_done_callback(self._refreshed)
+
+    def _refreshed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # The periodic resync reloads every policy; until then the old one applies.
+            log.warning("tenant policy reload failed: %s", task.exception())
+        self.wake()
 
     # ---- the dispatch loop ----
 
