@@ -22,10 +22,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.ratelimiter.budgets import Budget
 from services.ratelimiter.errors import RateLimiterError
 from services.ratelimiter.grants import GrantId
+from services.ratelimiter.lane import Arg, Lane, LuaScript, bulk, bulks
 
 _SCRIPTS = Path(__file__).parent
 RELEASE = -1  # `used` value that marks a release in close()
 RING_SLOTS = 64
+BUDGET_KEYS = 7  # keys of acquire.lua before the tenants' keys
+BUDGET_ARGS = 10  # arguments of acquire.lua before the tenants
+SCRIPT_TIMEOUT_S = 2.0  # as the pool's socket timeout: past it Redis counts as down
 MINUTE_S = 60
 
 
@@ -82,15 +86,15 @@ class BudgetStore:
             redis_url,
             decode_responses=True,
             socket_connect_timeout=0.5,
-            socket_timeout=2.0,
+            socket_timeout=SCRIPT_TIMEOUT_S,
             retry=Retry(NoBackoff(), 1),
             max_connections=256,
         )
-        self._acquire = self._redis.register_script((_SCRIPTS / "acquire.lua").read_text())
+        self._acquire_script = LuaScript((_SCRIPTS / "acquire.lua").read_text())
         self._close = self._redis.register_script((_SCRIPTS / "close.lua").read_text())
         self._feedback = self._redis.register_script((_SCRIPTS / "feedback.lua").read_text())
         self._recovery_per_us = 1.0 / (params.recovery_s * 1e6)
-        self._acquire_parts: dict[str, tuple[list[bytes], list[bytes]]] = {}
+        self._acquire_parts: dict[str, tuple[Lane, bytes, bytes]] = {}
 
     def _key(self, budget: str, part: str) -> str:
         return f"{self._p.key_prefix}:{{{budget}}}:{part}"
@@ -103,14 +107,14 @@ class BudgetStore:
         # Caps for every budget; outside the budgets' hash slots, so a single-node Redis only.
         return f"{self._p.key_prefix}:caps"
 
-    def _budget_part(self, budget: Budget) -> tuple[list[bytes], list[bytes]]:
-        """Keys and arguments of acquire.lua that depend only on the budget, encoded once."""
+    def _budget_part(self, budget: Budget) -> tuple[Lane, bytes, bytes]:
+        """The budget's lane, and its keys and arguments of acquire.lua packed once."""
         part = self._acquire_parts.get(budget.name)
         if part is None:
             name = budget.name
-            keys = [self._key(name, p) for p in ("req", "tok", "fb", "inflight", "caps")]
+            keys: list[Arg] = [self._key(name, p) for p in ("req", "tok", "fb", "inflight", "caps")]
             keys += [self._global_caps, self._key(name, "ring")]
-            args = [
+            args: list[Arg] = [
                 budget.request_interval_us,
                 budget.burst,
                 budget.token_interval_us,
@@ -122,29 +126,44 @@ class BudgetStore:
                 self._p.time_scale,
                 self._p.burst_fraction,
             ]
-            part = ([k.encode() for k in keys], [repr(a).encode() for a in args])
+            part = (Lane(self._redis, SCRIPT_TIMEOUT_S), bulks(keys), bulks(args))
             self._acquire_parts[name] = part
         return part
 
     async def acquire(self, budget: Budget, asks: Sequence[Ask]) -> list[Decision]:
-        """Decide `asks` of one budget in order, in one script call (see acquire.lua)."""
-        budget_keys, budget_args = self._budget_part(budget)
+        """Decide `asks` of one budget in order, in one script call (see acquire.lua).
+
+        One call at a time per budget: the caller serialises them (coalesce.GroupCommit).
+        """
+        lane, budget_keys, budget_args = self._budget_part(budget)
         tenants: dict[str, int] = {}
         for ask in asks:
             tenants.setdefault(ask.tenant, len(tenants) + 1)
-        keys: list[str | bytes] = list(budget_keys)
-        args: list[str | bytes | int] = [*budget_args, len(tenants), *tenants]
+        body = [bulk(BUDGET_KEYS + 2 * len(tenants)), budget_keys]
         for tenant in tenants:
-            keys += (self._tenant_key(budget.name, tenant, "req"), self._tenant_key(budget.name, tenant, "inflight"))
-        for ask in asks:
-            args += (
-                ask.wanted,
-                ask.tokens_each,
-                1 if ask.all_or_nothing else 0,
-                tenants[ask.tenant],
-                ask.serial_prefix,
+            body += (
+                bulk(self._tenant_key(budget.name, tenant, "req")),
+                bulk(self._tenant_key(budget.name, tenant, "inflight")),
             )
-        reply = await self._run(self._acquire, keys, args)
+        body += (budget_args, bulk(len(tenants)))
+        body += [bulk(tenant) for tenant in tenants]
+        for ask in asks:
+            body.append(
+                bulks(
+                    [
+                        ask.wanted,
+                        ask.tokens_each,
+                        1 if ask.all_or_nothing else 0,
+                        tenants[ask.tenant],
+                        ask.serial_prefix,
+                    ]
+                )
+            )
+        parts = 1 + BUDGET_KEYS + 3 * len(tenants) + BUDGET_ARGS + 1 + 5 * len(asks)
+        try:
+            reply = await lane.call(self._acquire_script, parts, b"".join(body))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
         now_us, factor = int(reply[0]), float(reply[1])
         return [
             Decision(int(reply[i]), now_us, int(reply[i + 1]) / 1e6, reply[i + 2], int(reply[i + 3]), factor)
@@ -254,6 +273,8 @@ class BudgetStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
     async def aclose(self) -> None:
+        for lane, _, _ in self._acquire_parts.values():
+            await lane.aclose()
         await self._redis.aclose()  # type: ignore[attr-defined]  # stubs predate redis 5
 
     async def _run(self, script: Any, keys: Sequence[str | bytes], args: Sequence[Any]) -> list[Any]:
