@@ -3,11 +3,15 @@
     python -m bench.ratelimiter_bench                 # micro benchmarks + 75 s soak
     python -m bench.ratelimiter_bench --soak-s 0      # micro benchmarks only
 
-Micro (one replica, one Redis, client on the same machine), side by side:
-  - Fairway Acquire, single grants: open loop at 2,000/s (latency) and closed loop (throughput);
-  - Fairway Acquire, batches of 100 grants (throughput, latency per call);
-  - raw Redis INCR: single at 2,000/s and pipelines of 100;
-  - throttled-py's GCRA on the same Redis: single at 2,000/s, closed loop, cost 100.
+Micro (one replica, one Redis, everything on the same machine):
+  - Fairway Acquire, single grants, open loop at 500 to 2,000/s: the load comes from separate
+    processes (gRPC clients cost CPU too), latency is measured from each call's scheduled
+    start, and the replica's CPU per call is read from /proc (it does not depend on how
+    busy the rest of the machine is, latency does);
+  - the same load against a do-nothing grpc.aio server: the floor any Python gRPC service
+    has here;
+  - Fairway Acquire, closed loop: single grants from 32 callers, batches of 100 from 8;
+  - raw Redis INCR and throttled-py's GCRA on the same Redis, from this process.
 Soak: three replicas on one Redis, replicate:create at its published limit x utilization,
 many concurrent clients for longer than a minute; every rolling 60 s window is counted from
 the grant ids' Redis time.
@@ -19,6 +23,8 @@ import argparse
 import asyncio
 import bisect
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +43,8 @@ from services.ratelimiter.grants import GrantId
 from tests.support.processes import ServiceProcess
 
 OPEN_LOOP_RATE = 2000.0
+SWEEP = (500.0, 1000.0, 1500.0, 2000.0)
+LOAD_PROCESSES = 2
 BATCH = 100
 UNLIMITED = {"utilization": 1.0, "replicate": {"create_rpm": 10**9, "read_rpm": 10**9}}
 
@@ -46,45 +54,37 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0 if ordered else float("nan")
 
 
-async def open_loop(call: Callable[[], Awaitable[int]], rate: float, seconds: float) -> dict[str, float]:
-    """Start calls at a fixed rate regardless of completions; latency from start to answer."""
+async def open_loop(call: Callable[[], Awaitable[int]], rate: float, seconds: float) -> dict[str, Any]:
+    """Start calls on a fixed schedule regardless of completions; latency from each call's
+    scheduled start to its answer, so a stall is charged to every call it delays."""
     latencies: list[float] = []
     grants = errors = 0
     pending: set[asyncio.Task[None]] = set()
 
-    async def one() -> None:
+    async def one(due: float) -> None:
         nonlocal grants, errors
-        t0 = time.perf_counter()
         try:
             got = await call()  # not `grants += await ...`: that reads `grants` before awaiting
         except Exception:  # an overloaded path fails calls; count them, keep the schedule
             errors += 1
             return
-        latencies.append(time.perf_counter() - t0)
+        latencies.append(time.perf_counter() - due)
         grants += got
 
     start = time.perf_counter()
     sent = 0
     while (now := time.perf_counter()) - start < seconds:
-        due = int((now - start) * rate) - sent
-        for _ in range(due):
-            task = asyncio.create_task(one())
+        for k in range(sent, int((now - start) * rate)):
+            task = asyncio.create_task(one(start + k / rate))
             pending.add(task)
             task.add_done_callback(pending.discard)
-        sent += due
-        await asyncio.sleep(0.0005)
+            sent += 1
+        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
     await asyncio.gather(*pending)
-    elapsed = time.perf_counter() - start
-    return {
-        "calls_per_s": len(latencies) / elapsed,
-        "grants_per_s": grants / elapsed,
-        "p50_ms": _pct(latencies, 0.5),
-        "p99_ms": _pct(latencies, 0.99),
-        "errors": errors,
-    }
+    return _summary(latencies, grants, errors, time.perf_counter() - start)
 
 
-async def closed_loop(call: Callable[[], Awaitable[int]], concurrency: int, seconds: float) -> dict[str, float]:
+async def closed_loop(call: Callable[[], Awaitable[int]], concurrency: int, seconds: float) -> dict[str, Any]:
     """`concurrency` callers back to back: the most the path sustains."""
     latencies: list[float] = []
     grants = 0
@@ -100,21 +100,130 @@ async def closed_loop(call: Callable[[], Awaitable[int]], concurrency: int, seco
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
+    return _summary(latencies, grants, 0, time.perf_counter() - start)
+
+
+def _summary(latencies: list[float], grants: int, errors: int, elapsed: float) -> dict[str, Any]:
     return {
         "calls_per_s": len(latencies) / elapsed,
         "grants_per_s": grants / elapsed,
         "p50_ms": _pct(latencies, 0.5),
         "p99_ms": _pct(latencies, 0.99),
-        "errors": 0,
+        "errors": errors,
+        "latencies": latencies,
     }
 
 
-async def micro(address: str, redis_url: str, seconds: float) -> dict[str, dict[str, float]]:
+async def _load(address: str, rate: float, seconds: float, count: int, callers: int) -> dict[str, Any]:
+    """One load process: open loop at `rate`, or `callers` back to back when rate is 0."""
+    import grpc
+    from fairway.ratelimiter.v1 import ratelimiter_pb2, ratelimiter_pb2_grpc
+
+    channel = grpc.aio.insecure_channel(address)
+    stub = ratelimiter_pb2_grpc.RateLimiterStub(channel)
+    request = ratelimiter_pb2.AcquireRequest(budget="replicate:create", count=count)
+    await stub.Acquire(request)  # connect before the clock starts
+
+    async def one() -> int:
+        return len((await stub.Acquire(request, timeout=5.0)).grants)
+
+    result = await (open_loop(one, rate, seconds) if rate > 0 else closed_loop(one, callers, seconds))
+    await channel.close()
+    return result
+
+
+def _load_main(args: list[str]) -> int:
+    import uvloop
+
+    address, rate, seconds, count, callers = args
+    result = uvloop.run(_load(address, float(rate), float(seconds), int(count), int(callers)))
+    print(json.dumps(result))
+    return 0
+
+
+def _null_main(port: str) -> int:
+    """A grpc.aio server whose Acquire does nothing: what gRPC alone costs per call."""
+    import grpc
+    import uvloop
+    from fairway.ratelimiter.v1 import ratelimiter_pb2, ratelimiter_pb2_grpc
+
+    class Null(ratelimiter_pb2_grpc.RateLimiterServicer):
+        async def Acquire(self, request: Any, context: Any) -> Any:
+            return ratelimiter_pb2.AcquireResponse(grants=[ratelimiter_pb2.Grant(id="x" * 48)] * request.count)
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        ratelimiter_pb2_grpc.add_RateLimiterServicer_to_server(Null(), server)  # type: ignore[abstract]
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        print("ready", flush=True)
+        await server.wait_for_termination()
+
+    uvloop.run(serve())
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drive(
+    address: str, pid: int, *, rate: float, seconds: float, count: int = 1, callers: int = 0, procs: int = 1
+) -> dict[str, Any]:
+    """Load `address` from `procs` processes; adds the server's CPU per call and the machine load."""
+    argv = [sys.executable, "-m", "bench.ratelimiter_bench", "--load", address, str(rate / procs), str(seconds)]
+    argv += [str(count), str(callers)]
+    cpu0 = cpu_seconds(pid)
+    children = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1]) for _ in range(procs)
+    ]
+    parts = [json.loads(child.communicate()[0]) for child in children]
+    cpu = cpu_seconds(pid) - cpu0
+    latencies = sorted(x for part in parts for x in part.pop("latencies"))
+    calls = len(latencies)
+    return {
+        "calls_per_s": sum(p["calls_per_s"] for p in parts),
+        "grants_per_s": sum(p["grants_per_s"] for p in parts),
+        "p50_ms": _pct(latencies, 0.5),
+        "p99_ms": _pct(latencies, 0.99),
+        "errors": sum(p["errors"] for p in parts),
+        "server_cpu_ms_per_call": 1000.0 * cpu / calls if calls else float("nan"),
+        "load_avg": os.getloadavg()[0],
+    }
+
+
+def micro_grpc(address: str, pid: int, seconds: float) -> dict[str, dict[str, Any]]:
+    out = {
+        f"fairway_single_{r:.0f}_per_s": drive(address, pid, rate=r, seconds=seconds, procs=LOAD_PROCESSES)
+        for r in SWEEP
+    }
+    out["fairway_single_max"] = drive(address, pid, rate=0, seconds=seconds, callers=32)
+    out["fairway_batch_100"] = drive(address, pid, rate=0, seconds=seconds, count=BATCH, callers=8)
+    return out
+
+
+def micro_null(seconds: float) -> dict[str, dict[str, Any]]:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.ratelimiter_bench", "--null-server", str(port)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1]) as server:
+        try:
+            assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
+            address = f"127.0.0.1:{port}"
+            return {
+                f"null_single_{r:.0f}_per_s": drive(address, server.pid, rate=r, seconds=seconds, procs=LOAD_PROCESSES)
+                for r in (OPEN_LOOP_RATE,)
+            } | {"null_single_max": drive(address, server.pid, rate=0, seconds=seconds, callers=32)}
+        finally:
+            server.kill()
+
+
+async def micro_redis(redis_url: str, seconds: float) -> dict[str, dict[str, float]]:
+    """Raw Redis and throttled-py from this process, for comparison."""
     import redis.asyncio as aioredis
     from throttled.asyncio import RateLimiterType, RedisStore, Throttled, per_min
 
-    client = BudgetClient(address)
     raw = aioredis.Redis.from_url(redis_url)
     gcra = Throttled(
         key="bench:throttled",
@@ -123,12 +232,6 @@ async def micro(address: str, redis_url: str, seconds: float) -> dict[str, dict[
         store=RedisStore(server=redis_url),
     )
     key = f"bench:incr:{uuid.uuid4().hex[:6]}"
-
-    async def acquire_one() -> int:
-        return len((await client.acquire("replicate:create", 1)).grants)
-
-    async def acquire_batch() -> int:
-        return len((await client.acquire("replicate:create", BATCH)).grants)
 
     async def incr_one() -> int:
         await raw.incr(key)
@@ -147,19 +250,15 @@ async def micro(address: str, redis_url: str, seconds: float) -> dict[str, dict[
     async def gcra_batch() -> int:
         return 0 if (await gcra.limit("k", cost=BATCH, timeout=-1)).limited else BATCH
 
-    await acquire_one()  # warm up the channel and the script cache
     results = {
-        "fairway_single_500_per_s": await open_loop(acquire_one, 500, seconds),
-        "fairway_single_2000_per_s": await open_loop(acquire_one, OPEN_LOOP_RATE, seconds),
-        "fairway_single_max": await closed_loop(acquire_one, 32, seconds),
-        "fairway_batch_100": await closed_loop(acquire_batch, 8, seconds),
         "redis_incr_single_2000_per_s": await open_loop(incr_one, OPEN_LOOP_RATE, seconds),
         "redis_incr_pipeline_100": await closed_loop(incr_batch, 8, seconds),
         "throttled_gcra_single_2000_per_s": await open_loop(gcra_one, OPEN_LOOP_RATE, seconds),
         "throttled_gcra_single_max": await closed_loop(gcra_one, 32, seconds),
         "throttled_gcra_cost_100": await closed_loop(gcra_batch, 8, seconds),
     }
-    await client.close()
+    for r in results.values():
+        r.pop("latencies")
     await raw.aclose()
     return results
 
@@ -196,7 +295,10 @@ def windows(issued: list[int], window_s: float = 60.0) -> dict[str, float]:
     }
 
 
-def _start(stack: ExitStack, n: int, redis_url: str, limits: dict[str, Any] | None, workdir: Path) -> list[str]:
+def _start(
+    stack: ExitStack, n: int, redis_url: str, limits: dict[str, Any] | None, workdir: Path
+) -> list[tuple[int, str]]:
+    """Start `n` replicas; (pid, address) of each once it serves."""
     env = {
         "REDIS_URL": redis_url,
         "FAIRWAY_RATELIMITER_METRICS_PORT": "0",
@@ -216,7 +318,7 @@ def _start(stack: ExitStack, n: int, redis_url: str, limits: dict[str, Any] | No
         started.append((proc, f"127.0.0.1:{port}"))
     for proc, address in started:
         proc.wait_grpc_serving(address)
-    return [a for _, a in started]
+    return [(proc.proc.pid, address) for proc, address in started if proc.proc is not None]
 
 
 def run(
@@ -241,12 +343,16 @@ def run(
             redis_url = redis.start()
             stack.callback(redis.stop)
         if micro_s > 0:
+            load_before = os.getloadavg()
             with ExitStack() as replica:
-                [address] = _start(replica, 1, redis_url, UNLIMITED, workdir)
-                result["micro"] = asyncio.run(micro(address, redis_url, micro_s))
+                [(pid, address)] = _start(replica, 1, redis_url, UNLIMITED, workdir)
+                result["micro"] = micro_grpc(address, pid, micro_s)
+            result["micro"] |= micro_null(micro_s)
+            result["micro"] |= asyncio.run(micro_redis(redis_url, micro_s))
+            result["load_avg"] = [load_before[0], os.getloadavg()[0]]
         if soak_s > 0:
             with ExitStack() as replicas:
-                addresses = _start(replicas, 3, redis_url, None, workdir)
+                addresses = [a for _, a in _start(replicas, 3, redis_url, None, workdir)]
                 issued = asyncio.run(soak(addresses, soak_s, clients_per_replica))
             limits = Limits()
             limit = limits.replicate.create_rpm * limits.utilization
@@ -267,38 +373,49 @@ def run(
 def render(result: dict[str, Any]) -> str:
     from bench.report import machine
 
-    lines = [f"Machine: {machine()}. One Redis ({'embedded redis-server'}), clients on the same machine.", ""]
+    lines = [f"Machine: {machine()}. One Redis (embedded redis-server), everything on the same machine."]
     m = result.get("micro")
     if m:
-        rows = [
-            ("Fairway Acquire, single, open loop 500/s", "fairway_single_500_per_s"),
-            ("Fairway Acquire, single, open loop 2,000/s", "fairway_single_2000_per_s"),
+        first, last = result["load_avg"]
+        lines += [
+            f"Load average (1 min) {first:.1f} before the micro benchmarks, {last:.1f} after: latencies "
+            "depend on it, the server's CPU per call much less.",
+            "",
+            f"gRPC rows: load from {LOAD_PROCESSES} separate processes (open loop) or one (closed loop), "
+            "latency from each call's scheduled start; server CPU from /proc of the serving process.",
+            "",
+            "| path | calls/s | grants/s | p50 ms | p99 ms | failed calls | server CPU ms/call |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        rows = [(f"Fairway Acquire, single, open loop {r:,.0f}/s", f"fairway_single_{r:.0f}_per_s") for r in SWEEP]
+        rows += [
             ("Fairway Acquire, single, 32 callers", "fairway_single_max"),
             (f"Fairway Acquire, batches of {BATCH}, 8 callers", "fairway_batch_100"),
+            ("do-nothing grpc.aio server, open loop 2,000/s", "null_single_2000_per_s"),
+            ("do-nothing grpc.aio server, 32 callers", "null_single_max"),
             ("Redis INCR, single, open loop 2,000/s", "redis_incr_single_2000_per_s"),
             (f"Redis INCR, pipelines of {BATCH}, 8 callers", "redis_incr_pipeline_100"),
             ("throttled-py GCRA, single, open loop 2,000/s", "throttled_gcra_single_2000_per_s"),
             ("throttled-py GCRA, single, 32 callers", "throttled_gcra_single_max"),
             (f"throttled-py GCRA, cost {BATCH}, 8 callers", "throttled_gcra_cost_100"),
         ]
-        lines += [
-            "| path | calls/s | grants/s | p50 ms | p99 ms | failed calls |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
         for label, key in rows:
             r = m[key]
+            cpu = f"{r['server_cpu_ms_per_call']:.2f}" if "server_cpu_ms_per_call" in r else "-"
             lines.append(
                 f"| {label} | {r['calls_per_s']:,.0f} | {r['grants_per_s']:,.0f} | "
-                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {cpu} |"
             )
         batch, single = m["fairway_batch_100"], m["fairway_single_2000_per_s"]
+        fast = [r for r in SWEEP if m[f"fairway_single_{r:.0f}_per_s"]["p99_ms"] < 2.0]
         lines += [
             "",
             "Targets (one replica, 2 cores):",
             f"- batched grants/s >= 20,000: **{batch['grants_per_s']:,.0f}** "
             f"({'met' if batch['grants_per_s'] >= 20_000 else 'NOT met'})",
             f"- single acquires at 2,000/s, p99 < 2 ms: **{single['p99_ms']:.2f} ms** "
-            f"({'met' if single['p99_ms'] < 2.0 else 'NOT met'})",
+            f"({'met' if single['p99_ms'] < 2.0 else 'NOT met'}); highest rate of the sweep with p99 < 2 ms: "
+            f"**{f'{max(fast):,.0f}/s' if fast else 'none'}**",
             "",
         ]
     s = result.get("soak")
@@ -324,6 +441,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--clients-per-replica", type=int, default=8)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--no-docs", action="store_true")
+    if argv[:1] == ["--load"]:
+        return _load_main(argv[1:])
+    if argv[:1] == ["--null-server"]:
+        return _null_main(argv[1])
     args = parser.parse_args(argv)
     result = run(
         micro_s=args.micro_s,
@@ -332,6 +453,8 @@ def main(argv: list[str]) -> int:
         redis_url=args.redis_url,
         write_docs=not args.no_docs,
     )
+    for r in result.get("micro", {}).values():
+        r.pop("latencies", None)
     print(json.dumps(result, indent=2))
     return 0
 
