@@ -20,6 +20,9 @@ from collections.abc import Callable, Sequence
 Clock = Callable[[], float]
 
 
+_MIN_WAIT = 1e-6
+
+
 class SlidingWindow:
     """At most `capacity` units in any half-open interval `(t - window, t]`."""
 
@@ -62,7 +65,9 @@ class SlidingWindow:
         for stamp, used in self._entries:
             excess -= used
             if excess <= 0:
-                return stamp + self.window - now
+                # Floor at a microsecond: float rounding can make an entry that is still inside
+                # the window look due now, and "retry in 0 s" would be a lie.
+                return max(stamp + self.window - now, _MIN_WAIT)
         return 0.0  # unreachable: the entries sum to more than the excess
 
     def reset_after(self, now: float) -> float:

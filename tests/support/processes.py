@@ -44,7 +44,7 @@ class ServiceProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.service} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
 
-    def wait_port(self, port: int, timeout_s: float = 30.0) -> None:
+    def wait_port(self, port: int, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_alive()
@@ -55,7 +55,7 @@ class ServiceProcess:
                 time.sleep(0.05)
         raise TimeoutError(f"{self.service} did not listen on {port}:\n{self.log()[-4000:]}")
 
-    def wait_http(self, url: str, timeout_s: float = 30.0) -> None:
+    def wait_http(self, url: str, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_alive()
@@ -67,7 +67,7 @@ class ServiceProcess:
                 time.sleep(0.05)
         raise TimeoutError(f"{self.service} not ready at {url}:\n{self.log()[-4000:]}")
 
-    def wait_grpc_serving(self, address: str, timeout_s: float = 30.0) -> None:
+    def wait_grpc_serving(self, address: str, timeout_s: float = 90.0) -> None:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
