@@ -111,7 +111,7 @@ WITH wanted AS (
     SELECT * FROM unnest($2::text[], $3::int[]) AS w(tenant_id, n)
 ), capped AS (
     SELECT q.tenant_id, q.processing, t.max_concurrency FROM queue_counts q JOIN tenants t ON t.id = q.tenant_id
-    WHERE q.tenant_id = ANY($2::text[]) AND t.max_concurrency IS NOT NULL
+    WHERE q.tenant_id = ANY($2::text[]) AND t.id = ANY($2::text[]) AND t.max_concurrency IS NOT NULL
     ORDER BY q.tenant_id, q.lane
     FOR UPDATE OF q
 ), room AS (
