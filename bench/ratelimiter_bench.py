@@ -135,9 +135,9 @@ async def _load(address: str, rate: float, seconds: float, count: int, callers: 
 def _load_main(args: list[str]) -> int:
     import uvloop
 
-    address, rate, seconds, count, callers = args
+    address, rate, seconds, count, callers, out = args
     result = uvloop.run(_load(address, float(rate), float(seconds), int(count), int(callers)))
-    print(json.dumps(result))
+    Path(out).write_text(json.dumps(result))
     return 0
 
 
@@ -175,12 +175,14 @@ def drive(
     """Load `address` from `procs` processes; adds the server's CPU per call and the machine load."""
     argv = [sys.executable, "-m", "bench.ratelimiter_bench", "--load", address, str(rate / procs), str(seconds)]
     argv += [str(count), str(callers)]
-    cpu0 = cpu_seconds(pid)
-    children = [
-        subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1]) for _ in range(procs)
-    ]
-    parts = [json.loads(child.communicate()[0]) for child in children]
-    cpu = cpu_seconds(pid) - cpu0
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [Path(tmp) / f"load-{k}.json" for k in range(procs)]
+        cpu0 = cpu_seconds(pid)
+        children = [subprocess.Popen([*argv, str(out)], cwd=Path(__file__).resolve().parents[1]) for out in outs]
+        if any([child.wait() != 0 for child in children]):  # a list: wait for every one
+            raise RuntimeError("a load process failed")
+        cpu = cpu_seconds(pid) - cpu0
+        parts = [json.loads(out.read_text()) for out in outs]
     latencies = sorted(x for part in parts for x in part.pop("latencies"))
     calls = len(latencies)
     return {
