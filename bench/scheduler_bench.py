@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import tempfile
@@ -411,6 +412,14 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"| {r['backlog']:,} | {tenants:,} | {r['pick']['median_ms']:.2f} | "
                          f"{r['claim']['median_ms']:.2f} | {r['pick']['median_ms'] + r['claim']['median_ms']:.2f} | "
                          f"{tenants:,} |")
+    lines += ["", "The fair pick is the decision, and it stays flat and far under 5 ms: it holds counts per "
+              "tenant, never items. The claim statement is one short index range scan per picked tenant "
+              "(`items_ready`), so its index work does not grow with the backlog either; what it costs is "
+              "writing the claimed rows. With 10 tenants a batch lands on a few adjacent heap pages; with "
+              "10,000 tenants a batch of 256 takes one item from each of 256 tenants, i.e. 256 different "
+              "pages, and once the table outgrows the server's buffer cache (1M items is ~400 MB here, "
+              "`shared_buffers` 128 MB) each of them is a read plus a full-page image in the WAL after every "
+              "checkpoint. That is the cost of touching 256 rows of a cold table, not of the decision."]
     sk = results["skewed"]
     delays = sk["first_dispatch_delay_s"]
     lines += ["", "![decision latency](img/scheduler_decision_latency.png)", "",
@@ -462,6 +471,7 @@ async def run_async(*, quick: bool = False, dsn: str | None = None) -> dict[str,
 
 def run(*, quick: bool = False, dsn: str | None = None, write: bool = True) -> dict[str, Any]:
     results = asyncio.run(run_async(quick=quick, dsn=dsn))
+    Path(tempfile.gettempdir(), "fairway_scheduler_bench.json").write_text(json.dumps(results, default=str))
     if write:
         plot(results)
         write_section("Scheduler", report(results))
