@@ -62,15 +62,22 @@ class Lane:
         """EVALSHA with `parts` RESP bulk strings after the SHA, already packed in `body`."""
         command = b"*%d\r\n%s%s" % (parts + 2, script.prefix, body)
         async with self._lock:
-            try:
-                return await self._send(command)
-            except NoScriptError:
-                await self._client.script_load(script.source)
-            except (RedisConnectionError, OSError):
-                # One more try on a new connection: a pooled one goes stale when Redis restarts;
-                # a Redis that is really down fails the reconnect within the connect timeout.
-                await self._conn.disconnect(nowait=True)
-            return await self._send(command)
+            loaded = reconnected = False
+            while True:
+                try:
+                    return await self._send(command)
+                except NoScriptError:
+                    if loaded:
+                        raise
+                    loaded = True
+                    await self._client.script_load(script.source)
+                except (RedisConnectionError, OSError):
+                    # One reconnect: the connection goes stale when Redis restarts; a Redis
+                    # that is really down fails the reconnect within the connect timeout.
+                    if reconnected:
+                        raise
+                    reconnected = True
+                    await self._conn.disconnect(nowait=True)
 
     async def _send(self, command: bytes) -> Any:
         try:

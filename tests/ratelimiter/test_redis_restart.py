@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.embedded import EmbeddedRedis
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.errors import BudgetUnavailable
-from tests.ratelimiter.conftest import SLOW_LIMITS, Replicas
+from services.ratelimiter.server import RateLimiterServer
+from tests.ratelimiter.conftest import SLOW_LIMITS, Replicas, make_config, write_limits
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -46,3 +50,20 @@ async def test_redis_restart_fails_closed_then_serves_again(own_redis: EmbeddedR
         assert process.proc is not None and process.proc.poll() is None  # never restarted
     finally:
         await client.close()
+
+
+async def test_acquire_survives_a_dropped_connection_and_flushed_scripts(
+    own_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    # What a Redis restart leaves behind, both at once: the lane's connection is dead and
+    # Redis no longer knows the script.
+    parts = RateLimiterServer(make_config(own_redis.url, write_limits(tmp_path / "limits.yaml", SLOW_LIMITS)))
+    admin = aioredis.Redis.from_url(own_redis.url)
+    try:
+        assert len((await parts.limiter.acquire("replicate:read", 1)).grant_ids) == 1
+        await admin.script_flush()
+        await admin.client_kill_filter(_type="normal", skipme=True)
+        assert len((await parts.limiter.acquire("replicate:read", 1)).grant_ids) == 1
+    finally:
+        await admin.aclose()
+        await parts.store.aclose()
