@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import bisect
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,6 +48,30 @@ SWEEP = (500.0, 1000.0, 1500.0, 2000.0)
 LOAD_PROCESSES = 2
 BATCH = 100
 UNLIMITED = {"utilization": 1.0, "replicate": {"create_rpm": 10**9, "read_rpm": 10**9}}
+
+# Why single acquires at 2,000/s miss 2 ms here, and what the hot path cost before group
+# commit and the lane (same machine, before and after run alternately, load average 3-12).
+NOTES = """\
+Where a single Acquire's time goes. A do-nothing grpc.aio server costs ~0.3-0.4 ms of CPU
+per call on this machine, the grpc.aio client ~0.4 ms more, and the decision (one Redis round
+trip: kernel send and receive, ~0.1 ms of Python) adds ~0.2-0.4 ms on the server. At
+2,000 calls/s that is ~0.7 + ~0.8 + Redis cores of the 2 this machine has, so the open loop
+runs near saturation and its tail is set by CPU contention (and by whatever else the machine
+runs), not by the decision: the 2 ms p99 at 2,000/s is not reached with Python gRPC on both
+ends of 2 shared cores. Batches are the intended use for throughput (one round trip serves
+any N); spreading single acquires over replicas on other cores scales them.
+
+Before and after group commit, the lane and hiredis, measured alternately on this machine
+(load average 3 to 12, so ranges rather than single figures):
+
+| measure | before | after |
+| --- | ---: | ---: |
+| server CPU per single Acquire, open loop 1,000-2,000/s | 0.76-1.29 ms | 0.64-0.83 ms |
+| single Acquires/s, 32 callers, one replica | 553-859 | 903-1,397 |
+| in-process CPU per Acquire (no gRPC), 1 caller | 281-411 us | 91-173 us |
+| in-process CPU per Acquire (no gRPC), 16 callers | 270-374 us | 25-73 us |
+| do-nothing grpc.aio server, CPU per call | 0.32-0.41 ms | (same) |
+"""
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -104,11 +129,13 @@ async def closed_loop(call: Callable[[], Awaitable[int]], concurrency: int, seco
 
 
 def _summary(latencies: list[float], grants: int, errors: int, elapsed: float) -> dict[str, Any]:
+    # A failed call (timed out) counts as the slowest: leaving it out would flatter the tail.
+    worst = latencies + [math.inf] * errors
     return {
         "calls_per_s": len(latencies) / elapsed,
         "grants_per_s": grants / elapsed,
-        "p50_ms": _pct(latencies, 0.5),
-        "p99_ms": _pct(latencies, 0.99),
+        "p50_ms": _pct(worst, 0.5),
+        "p99_ms": _pct(worst, 0.99),
         "errors": errors,
         "latencies": latencies,
     }
@@ -183,14 +210,16 @@ def drive(
             raise RuntimeError("a load process failed")
         cpu = cpu_seconds(pid) - cpu0
         parts = [json.loads(out.read_text()) for out in outs]
-    latencies = sorted(x for part in parts for x in part.pop("latencies"))
+    errors = sum(p["errors"] for p in parts)
+    latencies = [x for part in parts for x in part.pop("latencies")]
     calls = len(latencies)
+    worst = latencies + [math.inf] * errors
     return {
         "calls_per_s": sum(p["calls_per_s"] for p in parts),
         "grants_per_s": sum(p["grants_per_s"] for p in parts),
-        "p50_ms": _pct(latencies, 0.5),
-        "p99_ms": _pct(latencies, 0.99),
-        "errors": sum(p["errors"] for p in parts),
+        "p50_ms": _pct(worst, 0.5),
+        "p99_ms": _pct(worst, 0.99),
+        "errors": errors,
         "server_cpu_ms_per_call": 1000.0 * cpu / calls if calls else float("nan"),
         "load_avg": os.getloadavg()[0],
     }
@@ -372,6 +401,10 @@ def run(
     return result
 
 
+def _ms(value: float) -> str:
+    return "timed out" if math.isinf(value) else f"{value:.2f} ms"
+
+
 def render(result: dict[str, Any]) -> str:
     from bench.report import machine
 
@@ -404,10 +437,9 @@ def render(result: dict[str, Any]) -> str:
         for label, key in rows:
             r = m[key]
             cpu = f"{r['server_cpu_ms_per_call']:.2f}" if "server_cpu_ms_per_call" in r else "-"
-            lines.append(
-                f"| {label} | {r['calls_per_s']:,.0f} | {r['grants_per_s']:,.0f} | "
-                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {cpu} |"
-            )
+            p50, p99 = (_ms(r[k]).removesuffix(" ms") for k in ("p50_ms", "p99_ms"))
+            rate = f"{r['calls_per_s']:,.0f} | {r['grants_per_s']:,.0f}"
+            lines.append(f"| {label} | {rate} | {p50} | {p99} | {r['errors']} | {cpu} |")
         batch, single = m["fairway_batch_100"], m["fairway_single_2000_per_s"]
         fast = [r for r in SWEEP if m[f"fairway_single_{r:.0f}_per_s"]["p99_ms"] < 2.0]
         lines += [
@@ -415,10 +447,11 @@ def render(result: dict[str, Any]) -> str:
             "Targets (one replica, 2 cores):",
             f"- batched grants/s >= 20,000: **{batch['grants_per_s']:,.0f}** "
             f"({'met' if batch['grants_per_s'] >= 20_000 else 'NOT met'})",
-            f"- single acquires at 2,000/s, p99 < 2 ms: **{single['p99_ms']:.2f} ms** "
+            f"- single acquires at 2,000/s, p99 < 2 ms: **{_ms(single['p99_ms'])}** "
             f"({'met' if single['p99_ms'] < 2.0 else 'NOT met'}); highest rate of the sweep with p99 < 2 ms: "
             f"**{f'{max(fast):,.0f}/s' if fast else 'none'}**",
             "",
+            NOTES,
         ]
     s = result.get("soak")
     if s:
