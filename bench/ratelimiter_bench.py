@@ -97,14 +97,16 @@ async def open_loop(call: Callable[[], Awaitable[int]], rate: float, seconds: fl
         grants += got
 
     start = time.perf_counter()
-    sent = 0
+    sent = 0  # call k is due at start + k / rate
     while (now := time.perf_counter()) - start < seconds:
-        for k in range(sent, int((now - start) * rate)):
+        for k in range(sent, int((now - start) * rate) + 1):
             task = asyncio.create_task(one(start + k / rate))
             pending.add(task)
             task.add_done_callback(pending.discard)
             sent += 1
-        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+        # Sleep until the next call is due: a shorter sleep spins, and a spinning load
+        # generator takes the CPU the server needs.
+        await asyncio.sleep(start + sent / rate - time.perf_counter())
     await asyncio.gather(*pending)
     return _summary(latencies, grants, errors, time.perf_counter() - start)
 
