@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import uvicorn
-from pydantic import ValidationError
 
-from services.common.errors import ConfigError
+from services.common.entry import load_settings
 from services.common.logging import configure_logging, get_logger
 from services.emulator.app import create_app
 from services.emulator.config import EmulatorSettings
@@ -15,11 +14,9 @@ log = get_logger("services.emulator")
 
 def main() -> int:
     configure_logging("emulator")
-    try:
-        settings = EmulatorSettings()
-        app = create_app(settings)
-    except (ValidationError, ConfigError) as exc:
-        log.error("invalid emulator settings: %s", exc)
+    settings = load_settings(EmulatorSettings)
+    app = load_settings(lambda: create_app(settings)) if settings is not None else None
+    if settings is None or app is None:
         return 2
     log.info(
         "provider emulator on http://%s:%d (time scale %g, seed %d)",

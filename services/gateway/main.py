@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uvicorn
-from pydantic import ValidationError
 
+from services.common.entry import load_settings
 from services.common.logging import configure_logging, get_logger
 from services.gateway.app import create_app
 from services.gateway.config import Settings
@@ -17,12 +17,8 @@ GRACEFUL_SHUTDOWN_S = 10
 
 def main() -> int:
     configure_logging("gateway")
-    try:
-        # The required fields come from the environment, which mypy cannot see.
-        settings = Settings()  # type: ignore[call-arg]
-    except ValidationError as exc:
-        for err in exc.errors():
-            log.error("bad setting %s: %s", ".".join(str(p) for p in err["loc"]), err["msg"])
+    settings = load_settings(Settings)
+    if settings is None:
         return 2
     log.info("gateway on http://%s:%d", settings.host, settings.port)
     uvicorn.run(

@@ -7,6 +7,7 @@ import signal
 
 import uvloop
 
+from services.common.entry import load_settings
 from services.common.grpc_server import create_server
 from services.common.logging import configure_logging, get_logger
 from services.common.metrics import start_metrics
@@ -47,7 +48,9 @@ async def _run(config: PredictorConfig) -> None:
 
 def main() -> int:
     configure_logging("predictor")
-    config = PredictorConfig()
+    config = load_settings(PredictorConfig)
+    if config is None:
+        return 2
     start_metrics(config.host, config.metrics_port)
     uvloop.run(_run(config))
     return 0

@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class SchedulerConfig(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
-    database_url: str = Field(validation_alias="DATABASE_URL")
+    database_url: str = Field(min_length=1, validation_alias="DATABASE_URL")
     db_pool_min: int = Field(default=2, ge=1, validation_alias="DB_POOL_MIN")
     db_pool_max: int = Field(default=20, ge=1, validation_alias="DB_POOL_MAX")
     host: str = Field(default="127.0.0.1", validation_alias="FAIRWAY_SCHEDULER_HOST")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvloop
 
+from services.common.entry import load_settings
 from services.common.grpc_server import serve
 from services.common.logging import configure_logging, get_logger
 from services.common.metrics import start_metrics
@@ -19,7 +20,9 @@ async def _run(config: SchedulerConfig) -> None:
 
 def main() -> int:
     configure_logging("scheduler")
-    config = SchedulerConfig()  # type: ignore[call-arg]
+    config = load_settings(SchedulerConfig)
+    if config is None:
+        return 2
     start_metrics(config.host, config.metrics_port)
     uvloop.run(_run(config))
     return 0
