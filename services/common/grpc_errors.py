@@ -49,44 +49,31 @@ class ErrorMapping(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, self._translate),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, self._translate),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, self._translate),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, self._translate),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        for kind, make, wrap in _KINDS:
+            behavior = getattr(handler, kind)
+            if behavior:
+                return make(
+                    wrap(behavior, self._translate),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
         return handler
+
+
+async def _fail(context: grpc.aio.ServicerContext, exc: Exception, translate: Translate) -> None:
+    """Abort the call with the mapped error, or re-raise what has no mapping."""
+    mapped = exc if isinstance(exc, FairwayError) else translate(exc)
+    if mapped is None:
+        raise exc
+    await _abort(context, mapped)
 
 
 def _wrap_unary(behavior: Callable[..., Any], translate: Translate) -> Callable[..., Any]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behavior(request, context)
-        except FairwayError as exc:
-            await _abort(context, exc)
         except Exception as exc:
-            mapped = translate(exc)
-            if mapped is None:
-                raise
-            await _abort(context, mapped)
+            await _fail(context, exc, translate)
 
     return wrapper
 
@@ -101,12 +88,15 @@ def _wrap_stream(behavior: Callable[..., Any], translate: Translate) -> Callable
         try:
             async for response in behavior(request, context):
                 yield response
-        except FairwayError as exc:
-            await _abort(context, exc)
         except Exception as exc:
-            mapped = translate(exc)
-            if mapped is None:
-                raise
-            await _abort(context, mapped)
+            await _fail(context, exc, translate)
 
     return wrapper
+
+
+_KINDS: list[tuple[str, Callable[..., grpc.RpcMethodHandler], Callable[..., Any]]] = [
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, _wrap_unary),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, _wrap_stream),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, _wrap_unary),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, _wrap_stream),
+]
