@@ -4,7 +4,7 @@
     python -m bench.ratelimiter_bench --soak-s 0      # micro benchmarks only
 
 Micro (one replica, one Redis, everything on the same machine):
-  - Fairway Acquire, single grants, open loop at 500 to 2,000/s: the load comes from separate
+  - Fairway Acquire, single grants, open loop at 200 to 2,000/s: the load comes from separate
     processes (gRPC clients cost CPU too), latency is measured from each call's scheduled
     start, and the replica's CPU per call is read from /proc (it does not depend on how
     busy the rest of the machine is, latency does);
@@ -44,7 +44,7 @@ from services.ratelimiter.grants import GrantId
 from tests.support.processes import ServiceProcess
 
 OPEN_LOOP_RATE = 2000.0
-SWEEP = (500.0, 1000.0, 1500.0, 2000.0)
+SWEEP = (200.0, 500.0, 1000.0, 1500.0, 2000.0)
 LOAD_PROCESSES = 2
 BATCH = 100
 UNLIMITED = {"utilization": 1.0, "replicate": {"create_rpm": 10**9, "read_rpm": 10**9}}
