@@ -31,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from bench.report import machine, write_section
+from services.scheduler.dispatcher import claim
 from services.scheduler.fairness import LaneShares
 from services.scheduler.migrations import migrate
 from services.scheduler.sql import QUERIES, SERVER_SETTINGS
@@ -77,8 +78,8 @@ async def add_backlog(conn: asyncpg.Connection, tenants: int, per_tenant: int) -
             "SELECT gen_random_uuid() AS id, 't' || g AS tenant_id FROM generate_series(0, $1 - 1) g", tenants,
         )
         await conn.execute(
-            "INSERT INTO jobs (id, tenant_id, provider, model, operation, lane, items_total, n_pending) "
-            "SELECT id, tenant_id, 'replicate', 'acme/fast', 'prediction', $1, $2, $2 FROM new_jobs", LANE, per_tenant,
+            "INSERT INTO jobs (id, tenant_id, provider, model, operation, lane, items_total) "
+            "SELECT id, tenant_id, 'replicate', 'acme/fast', 'prediction', $1, $2 FROM new_jobs", LANE, per_tenant,
         )
         await conn.execute(
             "INSERT INTO items (id, job_id, tenant_id, lane, priority, seq, ref, input) "
@@ -86,8 +87,8 @@ async def add_backlog(conn: asyncpg.Connection, tenants: int, per_tenant: int) -
             "FROM new_jobs j, generate_series(1, $2) s", LANE, per_tenant,
         )
         await conn.execute(
-            "INSERT INTO queue_counts (lane, tenant_id, pending) SELECT $1, tenant_id, $2 FROM new_jobs "
-            "ON CONFLICT (lane, tenant_id) DO UPDATE SET pending = queue_counts.pending + excluded.pending",
+            "INSERT INTO queue_counts (lane, tenant_id, unfinished) SELECT $1, tenant_id, $2 FROM new_jobs "
+            "ON CONFLICT (lane, tenant_id) DO UPDATE SET unfinished = queue_counts.unfinished + excluded.unfinished",
             LANE, per_tenant,
         )
     await conn.execute("ANALYZE items")
@@ -122,9 +123,8 @@ async def fairway_throughput(dsn: str, items: int, batch: int, workers: int, ten
             per = per[turn % tenants:] + per[:turn % tenants]
             turn += 1
             # The transactions the dispatcher and the outcome group commit run, locks first.
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute(QUERIES["lock_counts_for_claim"], names)
-                claimed = await conn.fetch(QUERIES["claim_items"], LANE, names, per, f"w{k}", 30.0)
+            async with pool.acquire() as conn:
+                claimed = await claim(conn, LANE, dict(zip(names, per, strict=True)), f"w{k}", 30.0)
             rows = [r for r in claimed if r["id"] is not None]
             if not rows:
                 return
@@ -248,7 +248,7 @@ async def claim_latency(
         for size in sizes:
             grow = time.perf_counter()
             await add_backlog(conn, tenants, max(1, (size - have) // tenants))
-            have = await conn.fetchval("SELECT sum(pending) FROM queue_counts")
+            have = await conn.fetchval("SELECT sum(unfinished) FROM queue_counts")
             grow_s = time.perf_counter() - grow
             shares = await index_from_db(conn)
             picks_t, claims_t = [], []
@@ -265,7 +265,7 @@ async def claim_latency(
                 shares.commit(dict(got), weights.__getitem__)
                 picks_t.append(picked - started)
                 claims_t.append(claimed - picked)
-            have = await conn.fetchval("SELECT sum(pending) FROM queue_counts")
+            have = await conn.fetchval("SELECT sum(unfinished) FROM queue_counts")
             row = {"backlog": size, "tenants": tenants, "batch": batch, "pick": _stats(picks_t),
                    "claim": _stats(claims_t), "load_s": grow_s}
             out.append(row)

@@ -52,6 +52,22 @@ def provider_of(lane: str) -> str:
     return lane.split(":", 1)[0]
 
 
+async def claim(
+    conn: asyncpg.Connection, lane: str, picks: dict[str, int], worker: str, lease_seconds: float
+) -> list[asyncpg.Record]:
+    """Claim up to picks[tenant] ready items of each tenant in `lane`, in one transaction.
+
+    The counter rows of tenants with max_concurrency are locked by a statement of their own:
+    the claim that follows takes its snapshot after the lock was granted, so it counts the
+    items that a claim which held the lock before it put in flight.
+    """
+    async with conn.transaction():
+        await conn.execute(QUERIES["lock_counts_for_claim"], list(picks))
+        return list(await conn.fetch(
+            QUERIES["claim_items"], lane, list(picks), list(picks.values()), worker, lease_seconds,
+        ))
+
+
 class Dispatcher:
     def __init__(
         self, pool: asyncpg.Pool, budgets: BudgetClient, workers: WorkerRegistry,
@@ -268,13 +284,8 @@ class Dispatcher:
         if len(acquired.grants) < want:
             # Dispatch exactly as many items as there are grants: none waits claimed.
             picks = shares.pick(len(acquired.grants), self._tenants.weight, self._headroom)
-        async with self._pool.acquire() as conn, conn.transaction():
-            # Counter rows first: the lock order every item-moving transaction follows.
-            await conn.execute(QUERIES["lock_counts_for_claim"], list(picks))
-            rows = await conn.fetch(
-                QUERIES["claim_items"], lane, list(picks), list(picks.values()),
-                self._replica, self._config.lease_seconds,
-            )
+        async with self._pool.acquire() as conn:
+            rows = await claim(conn, lane, picks, self._replica, self._config.lease_seconds)
         claimed, handed_back, unused = self._hand_out(rows, list(acquired.grants))
         self._correct_index(shares, picks, claimed, rows)
         shares.commit(dict(claimed), self._tenants.weight)

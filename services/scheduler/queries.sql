@@ -14,9 +14,11 @@ SELECT id FROM tenants WHERE key_hash = $1;
 
 -- name: get_tenant
 SELECT t.id, t.weight, t.max_concurrency, t.max_queued, t.credits,
-       coalesce((SELECT sum(pending) FROM queue_counts q WHERE q.tenant_id = t.id), 0)::bigint AS queued,
-       coalesce((SELECT sum(processing) FROM queue_counts q WHERE q.tenant_id = t.id), 0)::bigint AS processing
-FROM tenants t WHERE t.id = $1;
+       (u.n - f.n)::bigint AS queued, f.n::bigint AS processing
+FROM tenants t
+CROSS JOIN LATERAL (SELECT coalesce(sum(unfinished), 0) AS n FROM queue_counts q WHERE q.tenant_id = t.id) u
+CROSS JOIN LATERAL (SELECT count(*) AS n FROM items i WHERE i.tenant_id = t.id AND i.lease IS NOT NULL) f
+WHERE t.id = $1;
 
 -- name: update_tenant
 UPDATE tenants SET
@@ -34,7 +36,8 @@ SELECT id, weight, max_concurrency FROM tenants;
 
 -- name: lock_tenant
 SELECT id, max_queued, credits,
-       coalesce((SELECT sum(pending) FROM queue_counts q WHERE q.tenant_id = t.id), 0)::bigint AS queued
+       (coalesce((SELECT sum(unfinished) FROM queue_counts q WHERE q.tenant_id = t.id), 0)
+        - (SELECT count(*) FROM items i WHERE i.tenant_id = t.id AND i.lease IS NOT NULL))::bigint AS queued
 FROM tenants t WHERE id = $1 FOR UPDATE OF t;
 
 -- name: job_by_idempotency_key
@@ -48,8 +51,8 @@ INSERT INTO credit_ledger (tenant_id, kind, amount, job_id) VALUES ($1, 'reserve
 
 -- name: insert_job
 INSERT INTO jobs (id, tenant_id, provider, model, operation, lane, priority, metadata,
-                  items_total, n_pending, idempotency_key, request_hash)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $9, $10, $11);
+                  items_total, idempotency_key, request_hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11);
 
 -- name: insert_items
 INSERT INTO items (id, job_id, tenant_id, lane, priority, seq, ref, input, est_tokens, cost)
@@ -58,31 +61,40 @@ FROM unnest($6::text[], $7::text[], $8::int[]) WITH ORDINALITY AS u(ref, input, 
 
 -- name: count_submitted
 -- Last statement of a submit, so that the counter row is locked only for a moment.
-INSERT INTO queue_counts (lane, tenant_id, pending) VALUES ($1, $2, $3)
-ON CONFLICT (lane, tenant_id) DO UPDATE SET pending = queue_counts.pending + excluded.pending;
+INSERT INTO queue_counts (lane, tenant_id, unfinished) VALUES ($1, $2, $3)
+ON CONFLICT (lane, tenant_id) DO UPDATE SET unfinished = queue_counts.unfinished + excluded.unfinished;
 
 -- name: notify_backlog
 SELECT pg_notify('fairway_backlog', $1);
 
 -- name: get_job
-SELECT id, tenant_id, provider, model, operation, priority, metadata::text AS metadata, items_total,
-       n_pending, n_processing, n_done, n_failed, n_canceled, canceled,
-       created_at, updated_at, finished_at
-FROM jobs WHERE id = $1 AND ($2 = '' OR tenant_id = $2);
+-- Queued and in-flight counts are derived: the job row changes only when items finish.
+SELECT j.id, j.tenant_id, j.provider, j.model, j.operation, j.priority, j.metadata::text AS metadata,
+       j.items_total, j.items_total - j.n_done - j.n_failed - j.n_canceled - f.n AS n_pending,
+       f.n AS n_processing, j.n_done, j.n_failed, j.n_canceled, j.canceled,
+       j.created_at, j.updated_at, j.finished_at
+FROM jobs j
+CROSS JOIN LATERAL (SELECT count(*) AS n FROM items i
+                    WHERE i.tenant_id = j.tenant_id AND i.job_id = j.id AND i.lease IS NOT NULL) f
+WHERE j.id = $1 AND ($2 = '' OR j.tenant_id = $2);
 
 -- name: list_jobs
-SELECT id, tenant_id, provider, model, operation, priority, metadata::text AS metadata, items_total,
-       n_pending, n_processing, n_done, n_failed, n_canceled, canceled,
-       created_at, updated_at, finished_at, seq
-FROM jobs
-WHERE ($1 = '' OR tenant_id = $1) AND seq < $2
+-- A job is PENDING while none of its items has started: none finished and none in flight.
+SELECT j.id, j.tenant_id, j.provider, j.model, j.operation, j.priority, j.metadata::text AS metadata,
+       j.items_total, j.items_total - j.n_done - j.n_failed - j.n_canceled - f.n AS n_pending,
+       f.n AS n_processing, j.n_done, j.n_failed, j.n_canceled, j.canceled,
+       j.created_at, j.updated_at, j.finished_at, j.seq
+FROM jobs j
+CROSS JOIN LATERAL (SELECT count(*) AS n FROM items i
+                    WHERE i.tenant_id = j.tenant_id AND i.job_id = j.id AND i.lease IS NOT NULL) f
+WHERE ($1 = '' OR j.tenant_id = $1) AND j.seq < $2
   AND ($3 = '' OR CASE $3
-        WHEN 'PENDING' THEN finished_at IS NULL AND n_pending = items_total
-        WHEN 'PROCESSING' THEN finished_at IS NULL AND n_pending < items_total
-        WHEN 'DONE' THEN finished_at IS NOT NULL AND NOT canceled AND n_failed = 0
-        WHEN 'FAILED' THEN finished_at IS NOT NULL AND NOT canceled AND n_failed > 0
-        WHEN 'CANCELED' THEN canceled END)
-ORDER BY seq DESC LIMIT $4;
+        WHEN 'PENDING' THEN j.finished_at IS NULL AND j.n_done + j.n_failed + j.n_canceled + f.n = 0
+        WHEN 'PROCESSING' THEN j.finished_at IS NULL AND j.n_done + j.n_failed + j.n_canceled + f.n > 0
+        WHEN 'DONE' THEN j.finished_at IS NOT NULL AND NOT j.canceled AND j.n_failed = 0
+        WHEN 'FAILED' THEN j.finished_at IS NOT NULL AND NOT j.canceled AND j.n_failed > 0
+        WHEN 'CANCELED' THEN j.canceled END)
+ORDER BY j.seq DESC LIMIT $4;
 
 -- name: list_items
 SELECT id, job_id, ref, status, attempts, output, error, usage, change_seq, seq,
@@ -99,26 +111,32 @@ ORDER BY change_seq LIMIT $3;
 
 -- name: queue_counts
 -- The dispatch index's resync: one row per (lane, tenant) with anything queued or in flight.
-SELECT lane, tenant_id, pending, processing FROM queue_counts WHERE pending > 0 OR processing > 0;
+-- Queued = unfinished - in flight; both read in one snapshot, so they agree.
+SELECT q.lane, q.tenant_id, q.unfinished - coalesce(f.n, 0) AS pending, coalesce(f.n, 0) AS processing
+FROM queue_counts q LEFT JOIN (
+    SELECT lane, tenant_id, count(*) AS n FROM items WHERE lease IS NOT NULL GROUP BY lane, tenant_id
+) f USING (lane, tenant_id)
+WHERE q.unfinished > 0;
 
 -- name: claim_items
 -- Take up to n[i] ready items of tenant[i] in one lane: one index range scan per tenant.
 -- A tenant with max_concurrency gets at most its cap minus what it has in flight in all
--- lanes, read under a lock on its counter rows so that replicas cannot overshoot it.
+-- lanes, counted after `lock_counts_for_claim` took its counter rows, so that replicas
+-- cannot overshoot it. No counter changes here: a claim only moves items from queued to
+-- in flight, and both are derived from the items (see 0003_unfinished_counts.sql).
 -- One row per claimed item, plus a row with a NULL id for each tenant that got none;
 -- `room` is what the cap allowed, so the caller tells "capped" from "ran out of items".
 WITH wanted AS (
-    SELECT * FROM unnest($2::text[], $3::int[]) AS w(tenant_id, n)
-), capped AS (
-    SELECT q.tenant_id, q.processing, t.max_concurrency FROM queue_counts q JOIN tenants t ON t.id = q.tenant_id
-    WHERE q.tenant_id = ANY($2::text[]) AND t.id = ANY($2::text[]) AND t.max_concurrency IS NOT NULL
-    ORDER BY q.tenant_id, q.lane
-    FOR UPDATE OF q
+    SELECT w.tenant_id, w.n, t.max_concurrency AS cap
+    FROM unnest($2::text[], $3::int[]) AS w(tenant_id, n) LEFT JOIN tenants t ON t.id = w.tenant_id
+), busy AS (
+    SELECT i.tenant_id, count(*) AS n FROM items i
+    WHERE i.lease IS NOT NULL AND i.tenant_id = ANY(ARRAY(SELECT tenant_id FROM wanted WHERE cap IS NOT NULL))
+    GROUP BY i.tenant_id
 ), room AS (
-    SELECT w.tenant_id, CASE WHEN c.cap IS NULL THEN w.n ELSE least(w.n, greatest(0, c.cap - c.busy)) END AS n
-    FROM wanted w LEFT JOIN (
-        SELECT tenant_id, max(max_concurrency) AS cap, sum(processing) AS busy FROM capped GROUP BY tenant_id
-    ) c ON c.tenant_id = w.tenant_id
+    SELECT w.tenant_id, CASE WHEN w.cap IS NULL THEN w.n
+                             ELSE least(w.n, greatest(0, w.cap - coalesce(b.n, 0))) END AS n
+    FROM wanted w LEFT JOIN busy b ON b.tenant_id = w.tenant_id
 ), picked AS (
     SELECT c.id FROM room w CROSS JOIN LATERAL (
         SELECT id FROM items
@@ -133,13 +151,6 @@ WITH wanted AS (
     -- An array, not a join: the planner cannot know LIMIT w.n and would scan all items.
     WHERE i.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING i.id, i.job_id, i.tenant_id, i.lease, i.attempts, i.input, i.upstream_id, i.leased_until
-), counted AS (
-    UPDATE jobs j SET n_pending = n_pending - c.n, n_processing = n_processing + c.n, updated_at = now()
-    FROM (SELECT job_id, count(*) AS n FROM claimed GROUP BY job_id) c WHERE j.id = c.job_id
-), moved AS (
-    UPDATE queue_counts q SET pending = pending - c.n, processing = processing + c.n
-    FROM (SELECT tenant_id, count(*) AS n FROM claimed GROUP BY tenant_id) c
-    WHERE q.lane = $1 AND q.tenant_id = c.tenant_id
 )
 SELECT r.tenant_id AS room_tenant, r.n AS room, c.id, c.job_id, c.tenant_id, c.lease, c.attempts, c.input,
        c.upstream_id, c.leased_until, j.provider, j.model, j.operation
@@ -167,10 +178,10 @@ WITH done AS (
     WHERE i.id = c.id AND i.lease = c.lease AND i.status = 'PROCESSING'
     RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.cost
 ), counted AS (
-    UPDATE jobs j SET n_processing = n_processing - d.n, n_done = n_done + d.n, updated_at = now()
+    UPDATE jobs j SET n_done = n_done + d.n, updated_at = now()
     FROM (SELECT job_id, count(*) AS n FROM done GROUP BY job_id) d WHERE j.id = d.job_id
 ), moved AS (
-    UPDATE queue_counts q SET processing = processing - d.n
+    UPDATE queue_counts q SET unfinished = unfinished - d.n
     FROM (SELECT lane, tenant_id, count(*) AS n FROM done GROUP BY lane, tenant_id) d
     WHERE q.lane = d.lane AND q.tenant_id = d.tenant_id
 ), charged AS (
@@ -198,17 +209,14 @@ WITH f AS (
     RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.cost, i.status,
               extract(epoch FROM i.run_after - now())::float8 AS delay_s
 ), counted AS (
-    UPDATE jobs j SET n_processing = n_processing - c.n,
-        n_pending = n_pending + c.retried, n_failed = n_failed + c.failed, updated_at = now()
-    FROM (SELECT job_id, count(*) AS n,
-                 count(*) FILTER (WHERE status = 'PENDING') AS retried,
-                 count(*) FILTER (WHERE status = 'FAILED') AS failed
-          FROM changed GROUP BY job_id) c
+    -- A retried item stays unfinished: only the failed ones change the counters.
+    UPDATE jobs j SET n_failed = n_failed + c.failed, updated_at = now()
+    FROM (SELECT job_id, count(*) AS failed FROM changed WHERE status = 'FAILED' GROUP BY job_id) c
     WHERE j.id = c.job_id
 ), moved AS (
-    UPDATE queue_counts q SET processing = processing - c.n, pending = pending + c.retried
-    FROM (SELECT lane, tenant_id, count(*) AS n, count(*) FILTER (WHERE status = 'PENDING') AS retried
-          FROM changed GROUP BY lane, tenant_id) c
+    UPDATE queue_counts q SET unfinished = unfinished - c.failed
+    FROM (SELECT lane, tenant_id, count(*) AS failed FROM changed WHERE status = 'FAILED'
+          GROUP BY lane, tenant_id) c
     WHERE q.lane = c.lane AND q.tenant_id = c.tenant_id
 ), refunded AS (
     UPDATE tenants t SET credits = credits + r.amount
@@ -242,15 +250,12 @@ WITH old AS (
     FROM old WHERE i.id = old.id
     RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.cost, i.upstream_id, old.status AS was
 ), counted AS (
-    UPDATE jobs x SET n_pending = n_pending - c.p, n_processing = n_processing - c.r,
-        n_canceled = n_canceled + c.p + c.r
-    FROM (SELECT job_id, count(*) FILTER (WHERE was = 'PENDING') AS p,
-                 count(*) FILTER (WHERE was = 'PROCESSING') AS r FROM changed GROUP BY job_id) c
+    UPDATE jobs x SET n_canceled = n_canceled + c.n
+    FROM (SELECT job_id, count(*) AS n FROM changed GROUP BY job_id) c
     WHERE x.id = c.job_id
 ), moved AS (
-    UPDATE queue_counts q SET pending = pending - c.p, processing = processing - c.r
-    FROM (SELECT lane, tenant_id, count(*) FILTER (WHERE was = 'PENDING') AS p,
-                 count(*) FILTER (WHERE was = 'PROCESSING') AS r FROM changed GROUP BY lane, tenant_id) c
+    UPDATE queue_counts q SET unfinished = unfinished - c.n
+    FROM (SELECT lane, tenant_id, count(*) AS n FROM changed GROUP BY lane, tenant_id) c
     WHERE q.lane = c.lane AND q.tenant_id = c.tenant_id
 ), refunded AS (
     UPDATE tenants t SET credits = credits + r.amount
@@ -264,25 +269,30 @@ SELECT id, lane, tenant_id, was, upstream_id FROM changed;
 
 -- name: finish_jobs
 UPDATE jobs SET finished_at = now(), updated_at = now()
-WHERE id = ANY($1::uuid[]) AND finished_at IS NULL AND n_pending = 0 AND n_processing = 0
+WHERE id = ANY($1::uuid[]) AND finished_at IS NULL AND n_done + n_failed + n_canceled = items_total
 RETURNING id;
 
 -- name: item_by_upstream
 SELECT id, lease, status FROM items WHERE upstream_id = $1;
 
 -- name: queue_by_tenant
--- From the counters, plus one index probe per tenant for its oldest queued item.
-SELECT q.tenant_id, q.queued, q.processing,
+-- From the counters and the items in flight, plus one index probe per tenant for its oldest
+-- queued item.
+SELECT q.tenant_id, (q.unfinished - coalesce(f.n, 0))::bigint AS queued, coalesce(f.n, 0)::bigint AS processing,
        coalesce(extract(epoch FROM now() - (
            SELECT min(created_at) FROM items i WHERE i.tenant_id = q.tenant_id AND i.status = 'PENDING'
        )), 0)::float8 AS oldest_age
-FROM (SELECT tenant_id, sum(pending)::bigint AS queued, sum(processing)::bigint AS processing
-      FROM queue_counts GROUP BY tenant_id HAVING sum(pending) + sum(processing) > 0) q;
+FROM (SELECT tenant_id, sum(unfinished) AS unfinished FROM queue_counts
+      GROUP BY tenant_id HAVING sum(unfinished) > 0) q
+LEFT JOIN (SELECT tenant_id, count(*) AS n FROM items WHERE lease IS NOT NULL GROUP BY tenant_id) f
+    USING (tenant_id);
 
 -- name: queue_by_lane
-SELECT lane, sum(pending)::bigint AS queued, sum(processing)::bigint AS processing,
-       count(*)::bigint AS tenants
-FROM queue_counts WHERE pending > 0 OR processing > 0 GROUP BY lane;
+SELECT q.lane, (sum(q.unfinished) - coalesce(max(f.n), 0))::bigint AS queued,
+       coalesce(max(f.n), 0)::bigint AS processing, count(*)::bigint AS tenants
+FROM queue_counts q
+LEFT JOIN (SELECT lane, count(*) AS n FROM items WHERE lease IS NOT NULL GROUP BY lane) f USING (lane)
+WHERE q.unfinished > 0 GROUP BY q.lane;
 
 -- name: lane_token_estimate
 -- Mean token estimate of a lane's next items (a sample from the dispatch index).
@@ -301,7 +311,11 @@ SELECT pg_notify('fairway_tenants', $1);
 -- transaction, so two transactions never wait on each other in a cycle.
 
 -- name: lock_counts_for_claim
-SELECT 1 FROM queue_counts WHERE tenant_id = ANY($1::text[]) ORDER BY lane, tenant_id FOR UPDATE;
+-- Only tenants with max_concurrency: their claims take turns, so that each counts what the
+-- previous one put in flight. Claims of other tenants lock no counter row at all.
+SELECT 1 FROM queue_counts q JOIN tenants t ON t.id = q.tenant_id
+WHERE q.tenant_id = ANY($1::text[]) AND t.max_concurrency IS NOT NULL
+ORDER BY q.lane, q.tenant_id FOR UPDATE OF q;
 
 -- name: lock_tenants_of_items
 SELECT 1 FROM tenants WHERE id IN (SELECT tenant_id FROM items WHERE id = ANY($1::uuid[]))

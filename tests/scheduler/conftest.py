@@ -189,11 +189,21 @@ async def ledger_reconciles(conn: asyncpg.Connection) -> None:
 
 
 async def counters_match_items(conn: asyncpg.Connection) -> None:
-    """queue_counts agrees with the items it counts."""
+    """The counters agree with the items they count: queue_counts.unfinished per (lane,
+    tenant), the jobs' finished counts, and lease IS NOT NULL exactly while PROCESSING."""
     wrong = await conn.fetch(
         "SELECT * FROM queue_counts q FULL JOIN (SELECT lane, tenant_id, "
-        "count(*) FILTER (WHERE status = 'PENDING') AS p, count(*) FILTER (WHERE status = 'PROCESSING') AS r "
+        "count(*) FILTER (WHERE status IN ('PENDING', 'PROCESSING')) AS u "
         "FROM items GROUP BY lane, tenant_id) i USING (lane, tenant_id) "
-        "WHERE coalesce(q.pending, 0) <> coalesce(i.p, 0) OR coalesce(q.processing, 0) <> coalesce(i.r, 0)"
+        "WHERE coalesce(q.unfinished, 0) <> coalesce(i.u, 0)"
     )
     assert not wrong, [dict(r) for r in wrong]
+    wrong = await conn.fetch(
+        "SELECT j.id, j.n_done, j.n_failed, j.n_canceled, i.* FROM jobs j JOIN (SELECT job_id, "
+        "count(*) FILTER (WHERE status = 'DONE') AS d, count(*) FILTER (WHERE status = 'FAILED') AS f, "
+        "count(*) FILTER (WHERE status = 'CANCELED') AS c FROM items GROUP BY job_id) i ON i.job_id = j.id "
+        "WHERE (j.n_done, j.n_failed, j.n_canceled) <> (i.d, i.f, i.c)"
+    )
+    assert not wrong, [dict(r) for r in wrong]
+    assert not await conn.fetchval(
+        "SELECT count(*) FROM items WHERE (lease IS NOT NULL) <> (status = 'PROCESSING')")

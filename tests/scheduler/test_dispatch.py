@@ -11,7 +11,6 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.scheduler import dispatcher
 from services.scheduler.server import SchedulerApp
-from services.scheduler.sql import QUERIES
 from tests.scheduler.conftest import Client, FakePredictor, StartScheduler, counters_match_items
 from tests.scheduler.test_fairness import jain
 
@@ -100,8 +99,7 @@ async def test_max_concurrency_holds_across_replicas(
     conns = [await asyncpg.connect(database_url) for _ in range(3)]
     try:
         claims = await asyncio.gather(*(
-            conn.fetch(QUERIES["claim_items"], "replicate:create", ["capped"], [5], f"r{i}", 30.0)
-            for i, conn in enumerate(conns)
+            dispatcher.claim(conn, "replicate:create", {"capped": 5}, f"r{i}", 30.0) for i, conn in enumerate(conns)
         ))
         assert sum(1 for rows in claims for r in rows if r["id"] is not None) == 2
         await counters_match_items(conns[0])

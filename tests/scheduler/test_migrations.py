@@ -10,8 +10,8 @@ import pytest
 
 from services.scheduler import migrations
 from services.scheduler.migrations import load_migrations, migrate
+from services.scheduler.sql import QUERIES
 from tests.conftest import fresh_database
-from tests.scheduler.conftest import counters_match_items
 
 CATALOG = {
     "columns": """SELECT table_name, column_name, data_type, is_nullable, column_default
@@ -73,9 +73,11 @@ async def test_upgrade_backfills_the_queue_counters(database_url: str, monkeypat
             await conn.execute(
                 "INSERT INTO items (id, job_id, tenant_id, lane, priority, seq, ref, input, status) "
                 "VALUES (gen_random_uuid(), $1, 't', 'replicate:create', 0, 1, 'r', '{}', $2)", job, status)
+        await conn.execute("UPDATE items SET lease = 1 WHERE status = 'PROCESSING'")
         monkeypatch.undo()
-        assert await migrate(conn) == [2]
-        await counters_match_items(conn)
-        assert await conn.fetchval("SELECT pending FROM queue_counts WHERE tenant_id = 't'") == 2
+        assert await migrate(conn) == [m.version for m in load_migrations()][1:]
+        assert await conn.fetchval("SELECT unfinished FROM queue_counts WHERE tenant_id = 't'") == 3
+        resync = await conn.fetch(QUERIES["queue_counts"])
+        assert [(r["tenant_id"], r["pending"], r["processing"]) for r in resync] == [("t", 2, 1)]
     finally:
         await conn.close()
