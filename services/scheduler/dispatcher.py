@@ -55,17 +55,26 @@ def provider_of(lane: str) -> str:
 async def claim(
     conn: asyncpg.Connection, lane: str, picks: dict[str, int], worker: str, lease_seconds: float
 ) -> list[asyncpg.Record]:
-    """Claim up to picks[tenant] ready items of each tenant in `lane`, in one transaction.
+    """Claim up to picks[tenant] ready items of each tenant in `lane`.
 
-    The counter rows of tenants with max_concurrency are locked by a statement of their own:
-    the claim that follows takes its snapshot after the lock was granted, so it counts the
-    items that a claim which held the lock before it put in flight.
+    One statement for tenants without max_concurrency. Those with a cap come back deferred
+    and are claimed again in a transaction that first locks their counter rows by a
+    statement of its own: the claim that follows takes its snapshot after the lock was
+    granted, so it counts what a claim that held the lock before it put in flight.
     """
+    rows = list(await conn.fetch(
+        QUERIES["claim_items"], lane, list(picks), list(picks.values()), worker, lease_seconds, False,
+    ))
+    deferred = [r["room_tenant"] for r in rows if r["deferred"]]
+    if not deferred:
+        return rows
+    rows = [r for r in rows if not r["deferred"]]
     async with conn.transaction():
-        await conn.execute(QUERIES["lock_counts_for_claim"], list(picks))
-        return list(await conn.fetch(
-            QUERIES["claim_items"], lane, list(picks), list(picks.values()), worker, lease_seconds,
-        ))
+        await conn.execute(QUERIES["lock_counts_for_claim"], deferred)
+        rows += await conn.fetch(
+            QUERIES["claim_items"], lane, deferred, [picks[t] for t in deferred], worker, lease_seconds, True,
+        )
+    return rows
 
 
 class Dispatcher:

@@ -126,16 +126,22 @@ WHERE q.unfinished > 0;
 -- in flight, and both are derived from the items (see 0003_unfinished_counts.sql).
 -- One row per claimed item, plus a row with a NULL id for each tenant that got none;
 -- `room` is what the cap allowed, so the caller tells "capped" from "ran out of items".
+-- $6 says whether the caller holds those locks; if not, a tenant with max_concurrency gets
+-- nothing and is marked `deferred`, for the caller to claim for it again, locked. Most
+-- tenants have no cap, and their claim is then this one statement, without a transaction.
 WITH wanted AS (
     SELECT w.tenant_id, w.n, t.max_concurrency AS cap
     FROM unnest($2::text[], $3::int[]) AS w(tenant_id, n) LEFT JOIN tenants t ON t.id = w.tenant_id
 ), busy AS (
     SELECT i.tenant_id, count(*) AS n FROM items i
-    WHERE i.lease IS NOT NULL AND i.tenant_id = ANY(ARRAY(SELECT tenant_id FROM wanted WHERE cap IS NOT NULL))
+    WHERE $6 AND i.lease IS NOT NULL
+      AND i.tenant_id = ANY(ARRAY(SELECT tenant_id FROM wanted WHERE cap IS NOT NULL))
     GROUP BY i.tenant_id
 ), room AS (
     SELECT w.tenant_id, CASE WHEN w.cap IS NULL THEN w.n
-                             ELSE least(w.n, greatest(0, w.cap - coalesce(b.n, 0))) END AS n
+                             WHEN NOT $6 THEN 0
+                             ELSE least(w.n, greatest(0, w.cap - coalesce(b.n, 0))) END AS n,
+           w.cap IS NOT NULL AND NOT $6 AS deferred
     FROM wanted w LEFT JOIN busy b ON b.tenant_id = w.tenant_id
 ), picked AS (
     SELECT c.id FROM room w CROSS JOIN LATERAL (
@@ -152,7 +158,7 @@ WITH wanted AS (
     WHERE i.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING i.id, i.job_id, i.tenant_id, i.lease, i.attempts, i.input, i.upstream_id, i.leased_until
 )
-SELECT r.tenant_id AS room_tenant, r.n AS room, c.id, c.job_id, c.tenant_id, c.lease, c.attempts, c.input,
+SELECT r.tenant_id AS room_tenant, r.n AS room, r.deferred, c.id, c.job_id, c.tenant_id, c.lease, c.attempts, c.input,
        c.upstream_id, c.leased_until, j.provider, j.model, j.operation
 FROM room r LEFT JOIN claimed c ON c.tenant_id = r.tenant_id LEFT JOIN jobs j ON j.id = c.job_id;
 
@@ -171,11 +177,20 @@ RETURNING id;
 
 -- name: complete_items
 -- Fenced: only the current lease holder of a PROCESSING item completes it, once.
-WITH done AS (
+-- It takes its own counter-row locks first, in the global lock order: `locked` is an
+-- InitPlan of `done`, so it runs before any item row is locked, and the statement needs no
+-- transaction of its own.
+WITH locked AS (
+    SELECT count(*) AS n FROM (
+        SELECT 1 FROM queue_counts
+        WHERE (lane, tenant_id) IN (SELECT lane, tenant_id FROM items WHERE id = ANY($1::uuid[]))
+        ORDER BY lane, tenant_id FOR UPDATE
+    ) l
+), done AS (
     UPDATE items i SET status = 'DONE', output = c.output, usage = c.usage, error = NULL,
         finished_at = now(), lease = NULL, leased_until = NULL, change_seq = nextval('item_changes')
     FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS c(id, lease, output, usage)
-    WHERE i.id = c.id AND i.lease = c.lease AND i.status = 'PROCESSING'
+    WHERE i.id = c.id AND i.lease = c.lease AND i.status = 'PROCESSING' AND (SELECT n FROM locked) >= 0
     RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.cost
 ), counted AS (
     UPDATE jobs j SET n_done = n_done + d.n, updated_at = now()
