@@ -11,6 +11,7 @@ Redis, with the emulator and ratelimiter time-scaled.
 
     python -m bench.predictor_bench            # the sizes in the report
     python -m bench.predictor_bench --quick    # smaller sizes (the report says which ran)
+    python -m bench.predictor_bench --only openai-tokens   # (b) alone; prints, writes nothing
     from bench.predictor_bench import run; run(replicate_items=1000)   # -> dict
 """
 
@@ -246,10 +247,29 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def openai_tokens_only(seconds: float = 60.0) -> dict[str, Any]:
+    """(b) alone, on its own PostgreSQL and Redis: for re-measuring the token budget's use."""
+    root = Path(tempfile.mkdtemp(prefix="fairway-predictor-bench-"))
+    postgres = EmbeddedPostgres(root / "pg")
+    redis = EmbeddedRedis(workdir=root / "redis")
+    dsn, redis_url = postgres.start(), redis.start()
+    try:
+        (root / "openai").mkdir()
+        return openai_tokens(root / "openai", asyncio.run(fresh_database(dsn)), redis_url, seconds, 1.0)
+    finally:
+        redis.stop()
+        postgres.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=["openai-tokens"],
+                        help="run one part and print its result; the report is left as it is")
     args = parser.parse_args()
+    if args.only == "openai-tokens":
+        print(openai_tokens_only(20 if args.quick else 60.0))
+        return
     if args.quick:
         result = run(replicate_items=200, openai_seconds=20, instant_items=500)
     else:

@@ -12,20 +12,27 @@
 -- the ones before it: state is read once, carried from one Acquire to the next in Lua
 -- locals, and written once, so the Redis work per Acquire shrinks as the queue grows.
 --
+-- Tokens have a second, exact check: the token window log (see close.lua). A token TAT below
+-- `now` is credit left by refunds (close.lua); it is used as the base, so refunded tokens are
+-- granted again, and the window log keeps every rolling window within the limit whatever the
+-- credit. Without credit the key has expired (TATs are written to expire when they pass).
+--
 -- KEYS: 1 request TAT, 2 token TAT, 3 feedback hash, 4 budget in-flight zset,
---       5 budget caps hash, 6 global caps hash, 7 usage ring hash,
---       then per tenant j (1-based): 6+2j tenant request TAT, 7+2j tenant in-flight zset
+--       5 budget caps hash, 6 global caps hash, 7 usage ring hash, 8 token window log zset,
+--       9 token window sum,
+--       then per tenant j (1-based): 8+2j tenant request TAT, 9+2j tenant in-flight zset
 -- ARGV: 1 request interval us, 2 burst, 3 token interval us (0: none), 4 token burst,
 --       5 max in flight (0: none), 6 lease us, 7 factor recovery per us, 8 min factor,
---       9 time scale, 10 burst fraction, 11 number of tenants J, 12..11+J tenant names,
+--       9 time scale, 10 burst fraction, 11 window us, 12 tokens per window,
+--       13 number of tenants J, 14..13+J tenant names,
 --       then per Acquire: count, tokens each, all-or-nothing (0/1), tenant index j, serial prefix
 -- Returns: {now_us, factor, then per Acquire: granted, retry_after_us, limited_by, remaining}
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local lease = tonumber(ARGV[6])
-local ntenants = tonumber(ARGV[11])
-local first = 12 + ntenants
+local ntenants = tonumber(ARGV[13])
+local first = 14 + ntenants
 
 -- Upstream feedback: a shared cooldown and a rate factor that recovers linearly.
 local fb = redis.call('HMGET', KEYS[3], 'factor', 'at', 'cooldown_until')
@@ -59,6 +66,12 @@ local function tat_of(key)
   end
   return v
 end
+-- The base of a charge: the TAT, or now if it has passed. Token TATs below now are credit.
+local function base_of(d)
+  local tat = tat_of(d[2])
+  if d[1] == 'tokens' and tat > 0 then return tat end
+  return math.max(tat, now)
+end
 local function set_tat(key, v)
   if not written[key] then written[#written + 1] = key; written[key] = true end
   tats[key] = v
@@ -69,6 +82,46 @@ local req_T = tonumber(ARGV[1]) / factor
 local req_dim = {'requests', KEYS[1], req_T, tonumber(ARGV[2]) * req_T, req_T, false}
 local tok_T = tonumber(ARGV[3]) / factor
 local tok_burst = tonumber(ARGV[4]) * tok_T
+
+-- Token window log: tokens granted in the last window (settles corrected at the grant's
+-- time), as entries `id|tokens` scored by time, and their sum.
+local win_us = tonumber(ARGV[11])
+local win_cap = tonumber(ARGV[12]) * factor
+local win_used = 0
+local win_log = {}
+local win_dirty = false
+if tok_T > 0 then
+  win_used = tonumber(redis.call('GET', KEYS[9]) or '0')
+  local old = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now - win_us)
+  if #old > 0 then
+    for _, m in ipairs(old) do win_used = win_used - tonumber(string.match(m, '|(-?%d+)$')) end
+    redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now - win_us)
+    win_dirty = true
+  end
+end
+-- Grants of `cost` tokens that fit the window now (one on an empty window, as the GCRA
+-- lets one call larger than its burst start on an idle budget).
+local function window_fit(cost)
+  local room = win_cap - win_used
+  if room >= cost then return math.floor(room / cost + 1e-9) end
+  if win_used <= 0 then return 1 end
+  return 0
+end
+-- Microseconds until `excess` tokens have left the window (entries leave in time order).
+local function window_wait(excess)
+  local freed, start = 0, 0
+  while true do
+    local page = redis.call('ZRANGE', KEYS[8], start, start + 199, 'WITHSCORES')
+    if #page == 0 then break end
+    for k = 1, #page, 2 do
+      freed = freed + tonumber(string.match(page[k], '|(-?%d+)$'))
+      if freed >= excess then return tonumber(page[k + 1]) + win_us - now end
+    end
+    start = start + 200
+  end
+  -- Granted in this very call (not yet in the log): they leave one window from now.
+  return win_us
+end
 
 -- Concurrency: leases in a zset scored by expiry, so a lost grant frees its slot in time.
 local function held(key)
@@ -82,8 +135,8 @@ if max_in_flight > 0 then budget.held = held(KEYS[4]) end
 -- Tenants, each with its caps read once.
 local tenants = {}
 for j = 1, ntenants do
-  local name = ARGV[11 + j]
-  local ten = {max = 0, held = 0, key = KEYS[7 + 2 * j], leases = {}}
+  local name = ARGV[13 + j]
+  local ten = {max = 0, held = 0, key = KEYS[9 + 2 * j], leases = {}}
   if name ~= '' then
     local cap = redis.call('HGET', KEYS[5], name) or redis.call('HGET', KEYS[6], name)
     if cap then
@@ -93,7 +146,7 @@ for j = 1, ntenants do
       if rpm > 0 then
         local tb = math.max(1, math.floor(rpm * tonumber(ARGV[10])))
         local tT = 60000000 / (math.max(rpm - tb, rpm * 0.5) * tonumber(ARGV[9]))
-        ten.dim = {'tenant', KEYS[6 + 2 * j], tT, tb * tT, tT, false}
+        ten.dim = {'tenant', KEYS[8 + 2 * j], tT, tb * tT, tT, false}
       end
     end
     if ten.max > 0 then ten.held = held(ten.key) end
@@ -125,7 +178,7 @@ for i = first, #ARGV, 5 do
   local limited_by = ''
   local bases = {}
   for k, d in ipairs(dims) do
-    local base = math.max(tat_of(d[2]), now)
+    local base = base_of(d)
     bases[k] = base
     local fit
     if d[6] then
@@ -136,6 +189,15 @@ for i = first, #ARGV, 5 do
     if fit < n then
       n = math.max(fit, 0)
       limited_by = d[1]
+    end
+  end
+  local win_limited = false
+  if tok_T > 0 and cost > 0 then
+    local fit = window_fit(cost)
+    if fit < n then
+      n = fit
+      limited_by = 'tokens'
+      win_limited = true
     end
   end
   if budget.max > 0 and budget.max - budget.held < n then
@@ -154,6 +216,11 @@ for i = first, #ARGV, 5 do
     if ten.max > 0 then lease_out(ten, ARGV[i + 4], n) end
     ring_r = ring_r + n
     ring_t = ring_t + n * cost
+    if tok_T > 0 and cost > 0 then
+      win_used = win_used + n * cost
+      win_log[#win_log + 1] = now
+      win_log[#win_log + 1] = ARGV[i + 4] .. '|' .. string.format('%.0f', n * cost)
+    end
   end
   if n < count then ring_d = ring_d + count - n end
 
@@ -175,6 +242,12 @@ for i = first, #ARGV, 5 do
       end
       if wait > retry then retry = wait end
     end
+    if win_limited then
+      local need = cost
+      if all_or_nothing then need = count * cost end
+      local wait = window_wait(win_used + need - win_cap)
+      if wait > retry then retry = wait end
+    end
     if retry <= 0 then
       -- Held back by concurrency only: no schedule to compute, suggest one request interval.
       retry = req_T
@@ -189,9 +262,22 @@ for i = first, #ARGV, 5 do
   out[#out + 1] = remaining
 end
 
+-- A TAT expires when it passes (so a stored token TAT below now is credit, see close.lua);
+-- a TAT still below now after this call is what is left of a credit, which keeps its expiry.
 for _, key in ipairs(written) do
   local tat = tats[key]
-  redis.call('SET', key, us(tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  if tat >= now then
+    redis.call('SET', key, us(tat), 'PX', math.max(1, math.ceil((tat - now) / 1000)))
+  else
+    redis.call('SET', key, us(tat), 'KEEPTTL')
+  end
+end
+for s = 1, #win_log, 2000 do
+  redis.call('ZADD', KEYS[8], unpack(win_log, s, math.min(s + 1999, #win_log)))
+end
+if #win_log > 0 or win_dirty then
+  redis.call('SET', KEYS[9], string.format('%.0f', win_used), 'PX', math.ceil(win_us / 1000) + 1000)
+  redis.call('PEXPIRE', KEYS[8], math.ceil(win_us / 1000) + 1000)
 end
 -- ZADD in slices: unpack() of a whole large batch would exceed Lua's stack.
 local function add_leases(slots)

@@ -3,14 +3,20 @@
 -- Closing moves the GCRA theoretical arrival times back (refund) or forward (charge):
 --   release: requests TAT -= T, tokens TAT -= reserved * T_tok, tenant TAT -= T_tenant
 --   settle:  tokens TAT += (used - reserved) * T_tok
+-- Request TATs never go below now. A token refund may take the token TAT below now, down to
+-- the grant's issue time (and at most one window back): the tokens the call did not use never
+-- reached the provider's window, so they are granted again (credit). The credit lapses one
+-- window after the time it reaches back to. Every rolling window stays within the limit by the
+-- token window log, corrected here at the grant's issue time (docs/design/ratelimiter.md).
 -- A grant closes once (a zset of closed serials, pruned after the grant TTL); grants older
 -- than the TTL are ignored, their effect on the budget has long expired.
 --
 -- KEYS: 1 request TAT, 2 token TAT, 3 budget in-flight zset, 4 tenant in-flight zset,
 --       5 budget caps hash, 6 global caps hash, 7 usage ring hash, 8 closed zset,
---       9 tenant request TAT
+--       9 tenant request TAT, 10 token window log zset, 11 token window sum
 -- ARGV: 1 request interval us, 2 token interval us, 3 grant ttl us, 4 tenant, 5 time scale,
---       6 burst fraction, then per grant: serial, reserved tokens, issued us, used (-1: release)
+--       6 burst fraction, 7 window us,
+--       then per grant: serial, reserved tokens, issued us, used (-1: release)
 -- Returns: {closed, tokens_adjusted}
 
 local t = redis.call('TIME')
@@ -19,6 +25,7 @@ local req_T = tonumber(ARGV[1])
 local tok_T = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local tenant = ARGV[4]
+local win_us = tonumber(ARGV[7])
 
 local function shift(key, delta)
   local tat = redis.call('GET', key)
@@ -29,7 +36,23 @@ local function shift(key, delta)
   if new <= now then
     redis.call('DEL', key)
   else
-    redis.call('SET', key, string.format('%.0f', math.ceil(new)), 'PX', math.ceil((new - now) / 1000) + 1000)
+    redis.call('SET', key, string.format('%.0f', math.ceil(new)), 'PX', math.max(1, math.ceil((new - now) / 1000)))
+  end
+end
+
+-- Token TAT: a stored value below now is credit (TATs expire when they pass); no key is now.
+local function shift_tokens(key, delta, issued)
+  local tat = redis.call('GET', key)
+  local base = now
+  if tat then base = tonumber(tat) end
+  local new = base + delta
+  if delta < 0 then
+    new = math.min(base, math.max(new, issued, now - win_us))
+  end
+  if new >= now then
+    redis.call('SET', key, string.format('%.0f', math.ceil(new)), 'PX', math.max(1, math.ceil((new - now) / 1000)))
+  else
+    redis.call('SET', key, string.format('%.0f', math.ceil(new)), 'PX', math.max(1, math.ceil((new + win_us - now) / 1000)))
   end
 end
 
@@ -48,7 +71,8 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now - ttl)
 local closed = 0
 local adjusted = 0
-for i = 7, #ARGV, 4 do
+local win_delta = 0
+for i = 8, #ARGV, 4 do
   local serial = ARGV[i]
   local reserved = tonumber(ARGV[i + 1])
   local issued = tonumber(ARGV[i + 2])
@@ -65,7 +89,14 @@ for i = 7, #ARGV, 4 do
     else
       delta = used - reserved
     end
-    if tok_T > 0 and delta ~= 0 then shift(KEYS[2], delta * tok_T) end
+    if tok_T > 0 and delta ~= 0 then
+      shift_tokens(KEYS[2], delta * tok_T, issued)
+      -- The window log counts the grant at its issue time: correct it there while it is in.
+      if issued > now - win_us then
+        redis.call('ZADD', KEYS[10], issued, serial .. '|' .. string.format('%.0f', delta))
+        win_delta = win_delta + delta
+      end
+    end
     adjusted = adjusted + delta
     -- Correct the usage ring in the second the grant was counted, if still in the ring.
     local sec = math.floor(issued / 1000000)
@@ -77,4 +108,9 @@ for i = 7, #ARGV, 4 do
   end
 end
 redis.call('PEXPIRE', KEYS[8], math.ceil(ttl / 1000) + 1000)
+if win_delta ~= 0 then
+  redis.call('INCRBY', KEYS[11], win_delta)
+  redis.call('PEXPIRE', KEYS[11], math.ceil(win_us / 1000) + 1000)
+  redis.call('PEXPIRE', KEYS[10], math.ceil(win_us / 1000) + 1000)
+end
 return {closed, adjusted}

@@ -146,10 +146,12 @@ class RateLimiter:
         budget = self.book.get(budget_name)
         own = OwnUsage(0.0, 0.0, budget.rpm / self._scale_util, budget.tpm / self._scale_util)
         if obs.remaining_requests is not None or obs.remaining_tokens is not None:
-            usage = (await self._guard(self._store.usage([budget])))[0]
+            # The provider's remaining-* count its own minute, which a time-scaled provider plays
+            # in 60 / time_scale real seconds: ours must be counted over the same span.
+            requests, tokens = await self._guard(self._store.window_usage(budget))
             own = OwnUsage(
-                requests_fraction=usage.requests_last_minute / (budget.rpm / self._utilization),
-                tokens_fraction=(usage.tokens_last_minute / (budget.tpm / self._utilization) if budget.tpm else 0.0),
+                requests_fraction=requests / own.published_rpm,
+                tokens_fraction=tokens / own.published_tpm if budget.tpm else 0.0,
                 published_rpm=own.published_rpm,
                 published_tpm=own.published_tpm,
             )

@@ -27,8 +27,8 @@ from services.ratelimiter.lane import Arg, Lane, LuaScript, bulk, bulks
 _SCRIPTS = Path(__file__).parent
 RELEASE = -1  # `used` value that marks a release in close()
 RING_SLOTS = 64
-BUDGET_KEYS = 7  # keys of acquire.lua before the tenants' keys
-BUDGET_ARGS = 10  # arguments of acquire.lua before the tenants
+BUDGET_KEYS = 9  # keys of acquire.lua before the tenants' keys
+BUDGET_ARGS = 12  # arguments of acquire.lua before the tenants
 SCRIPT_TIMEOUT_S = 2.0  # as the pool's socket timeout: past it Redis counts as down
 MINUTE_S = 60
 
@@ -93,8 +93,14 @@ class BudgetStore:
         self._acquire_script = LuaScript((_SCRIPTS / "acquire.lua").read_text())
         self._close = self._redis.register_script((_SCRIPTS / "close.lua").read_text())
         self._feedback = self._redis.register_script((_SCRIPTS / "feedback.lua").read_text())
+        self._window = self._redis.register_script((_SCRIPTS / "window.lua").read_text())
         self._recovery_per_us = 1.0 / (params.recovery_s * 1e6)
         self._acquire_parts: dict[str, tuple[Lane, bytes, bytes]] = {}
+
+    @property
+    def window_us(self) -> float:
+        """The provider's rolling minute in real microseconds."""
+        return MINUTE_S * 1e6 / self._p.time_scale
 
     def _key(self, budget: str, part: str) -> str:
         return f"{self._p.key_prefix}:{{{budget}}}:{part}"
@@ -113,7 +119,7 @@ class BudgetStore:
         if part is None:
             name = budget.name
             keys: list[Arg] = [self._key(name, p) for p in ("req", "tok", "fb", "inflight", "caps")]
-            keys += [self._global_caps, self._key(name, "ring")]
+            keys += [self._global_caps, self._key(name, "ring"), self._key(name, "win"), self._key(name, "winsum")]
             args: list[Arg] = [
                 budget.request_interval_us,
                 budget.burst,
@@ -125,6 +131,9 @@ class BudgetStore:
                 self._p.min_rate_factor,
                 self._p.time_scale,
                 self._p.burst_fraction,
+                self.window_us,
+                # The planned tokens of one provider minute (the budget's rates are per real minute).
+                budget.tpm / self._p.time_scale,
             ]
             part = (Lane(self._redis, SCRIPT_TIMEOUT_S), bulks(keys), bulks(args))
             self._acquire_parts[name] = part
@@ -186,6 +195,8 @@ class BudgetStore:
             self._key(name, "ring"),
             self._key(name, "closed"),
             self._tenant_key(name, tenant, "req"),
+            self._key(name, "win"),
+            self._key(name, "winsum"),
         ]
         args: list[Any] = [
             budget.request_interval_us,
@@ -194,6 +205,7 @@ class BudgetStore:
             tenant,
             self._p.time_scale,
             self._p.burst_fraction,
+            self.window_us,
         ]
         for grant, used in grants:
             args += [grant.serial, grant.tokens, grant.issued_us, used]
@@ -241,6 +253,15 @@ class BudgetStore:
             out.append(self._usage(now_us, ring, fb, int(in_flight)))
         return out
 
+    async def window_usage(self, budget: Budget) -> tuple[float, int]:
+        """(requests, tokens) of the budget in the provider's rolling minute, which at a time
+        scale is shorter than a real one: what the provider's remaining-* headers count."""
+        name = budget.name
+        keys = [self._key(name, "ring"), self._key(name, "win"), self._key(name, "winsum")]
+        reply = await self._run(self._window, keys, [self.window_us])
+        ring = dict(zip(reply[2::2], reply[3::2], strict=True))
+        return window_requests(int(reply[0]), ring, self.window_us / 1e6), int(reply[1])
+
     def _usage(self, now_us: int, ring: dict[str, str], fb: list[str | None], in_flight: int) -> Usage:
         now_s = now_us // 1_000_000
         sums = {"r": 0, "t": 0, "d": 0}
@@ -283,6 +304,24 @@ class BudgetStore:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return result
+
+
+def window_requests(now_us: int, ring: dict[str, str], window_s: float) -> float:
+    """Requests of the ring in `(now - window_s, now]`: a slot's count is spread evenly over
+    the part of its second that has passed, so a window shorter than a slot gets its share."""
+    now = now_us / 1e6
+    low = now - window_s
+    total = 0.0
+    for slot in range(RING_SLOTS):
+        stamp = ring.get(f"s{slot}")
+        if stamp is None:
+            continue
+        start = int(stamp)
+        end = min(start + 1.0, now)  # the current second is counted only up to now
+        if end <= start or end <= low or start > now:
+            continue
+        total += int(ring.get(f"r{slot}", 0)) * (end - max(start, low)) / (end - start)
+    return max(0.0, total)
 
 
 async def gather_closes(

@@ -8,7 +8,9 @@ import pytest
 
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.feedback import MIN_HOLD_S, Observation, OwnUsage, correct
-from tests.ratelimiter.conftest import SLOW_LIMITS, Replicas
+from services.ratelimiter.server import RateLimiterServer
+from services.ratelimiter.store import window_requests
+from tests.ratelimiter.conftest import SLOW_LIMITS, Replicas, make_config
 
 IDLE = OwnUsage(requests_fraction=0.0, tokens_fraction=0.0, published_rpm=1000, published_tpm=100_000)
 
@@ -85,3 +87,35 @@ async def test_cooldown_and_rate_factor_are_shared_by_replicas(redis_url: str, r
     finally:
         for client in (ca, cb, cc):
             await client.close()
+
+
+def test_own_requests_are_counted_over_the_window_asked_for() -> None:
+    # Ring slots: 10 requests in each of the seconds 100..159, then 6 so far in second 160
+    # (now is 160.5 s: half of that second has passed).
+    ring = {f"s{sec % 64}": str(sec) for sec in range(100, 161)}
+    ring.update({f"r{sec % 64}": "10" for sec in range(100, 160)})
+    ring["r32"] = "6"  # 160 % 64
+    now_us = 160_500_000
+    assert window_requests(now_us, ring, 60.0) == pytest.approx(10 * 59.5 + 6)
+    assert window_requests(now_us, ring, 1.0) == pytest.approx(10 * 0.5 + 6)
+    assert window_requests(now_us, ring, 0.25) == pytest.approx(6 * 0.25 / 0.5)
+
+
+async def test_time_scaled_provider_window_is_not_taken_for_foreign_use(redis_url: str, slow_limits: str) -> None:
+    # Time scale 6: the provider's minute is 10 real seconds, in which we now use half of its
+    # 60 tokens and one of its 6 requests, exactly what its headers say. Counted over a real
+    # minute at x6 rates, our share would look like a twelfth and the rest like someone else's.
+    parts = RateLimiterServer(make_config(redis_url, slow_limits, time_scale=6.0))
+    try:
+        got = await parts.limiter.acquire("openai:slow-model", 1, tokens_each=30)
+        assert len(got.grant_ids) == 1
+        factor, cooldown = await parts.limiter.report(
+            "openai:slow-model",
+            Observation(remaining_tokens=30, limit_tokens=60, remaining_requests=5, limit_requests=6),
+        )
+        assert (factor, cooldown) == (1.0, 0.0)
+        # Someone else using another third of the tokens is still seen.
+        factor, _ = await parts.limiter.report("openai:slow-model", Observation(remaining_tokens=10, limit_tokens=60))
+        assert factor == pytest.approx((1.0 - 20 / 60) / 1.0, abs=0.01)
+    finally:
+        await parts.store.aclose()

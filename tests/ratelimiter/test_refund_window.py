@@ -1,0 +1,167 @@
+"""Token refunds as credit, and the token window log that bounds every rolling window.
+
+The scripts run on real Redis with their clock (`TIME`) read from a key, so time is
+controlled: `Clocked.advance` moves it and ages every key's expiry by the same amount, as
+Redis would have in that time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.ratelimiter.budgets import Budget, make_budget
+from services.ratelimiter.grants import GrantId
+from services.ratelimiter.lane import LuaScript
+from services.ratelimiter.store import _SCRIPTS, Ask, BudgetStore, Decision, StoreParams
+
+WINDOW_MS = 60_000
+SLOW_TPM = 60.0  # at burst fraction 0.5: 30 tokens of burst, one token back every 2 s
+
+
+def _clocked_source(source: str, clock_key: str) -> str:
+    clock = f"{{string.match(redis.call('GET', '{clock_key}'), '(%d+) (%d+)')}}"
+    assert source.count("redis.call('TIME')") == 1
+    return source.replace("redis.call('TIME')", clock)
+
+
+@dataclass
+class Clocked:
+    """A store whose scripts read the time from a key this test sets."""
+
+    store: BudgetStore
+    budget: Budget
+    prefix: str
+    now_ms: int = 1_000_000_000_000
+    grants: list[tuple[int, GrantId]] = field(default_factory=list)  # (issued ms, grant)
+    serial: int = 0
+
+    @classmethod
+    async def create(cls, redis_url: str, tpm: float, burst_fraction: float) -> Clocked:
+        prefix = f"test:{uuid.uuid4().hex[:10]}"
+        params = StoreParams(prefix, 600.0, 60.0, 0.05, 1.0, burst_fraction)
+        store = BudgetStore(redis_url, params)
+        clock_key = f"{prefix}:clock"
+        store._acquire_script = LuaScript(_clocked_source((_SCRIPTS / "acquire.lua").read_text(), clock_key))
+        store._close = store._redis.register_script(_clocked_source((_SCRIPTS / "close.lua").read_text(), clock_key))
+        budget = make_budget("openai:clocked", 100_000.0, tpm, time_scale=1.0, burst_fraction=burst_fraction)
+        clocked = cls(store, budget, prefix)
+        await clocked._write_clock()
+        return clocked
+
+    async def _write_clock(self) -> None:
+        await self.store._redis.set(f"{self.prefix}:clock", f"{self.now_ms // 1000} {self.now_ms % 1000 * 1000}")
+
+    async def advance(self, ms: int) -> None:
+        self.now_ms += ms
+        await self._write_clock()
+        redis = self.store._redis
+        async for key in redis.scan_iter(match=f"{self.prefix}:*"):
+            left = await redis.pttl(key)
+            if left > 0:
+                if left <= ms:
+                    await redis.delete(key)
+                else:
+                    await redis.pexpire(key, left - ms)
+
+    async def acquire(self, count: int, tokens_each: int) -> Decision:
+        self.serial += 1
+        prefix = f"p{self.serial}"
+        decision = (await self.store.acquire(self.budget, [Ask(count, tokens_each, "", False, prefix)]))[0]
+        assert decision.now_us == self.now_ms * 1000
+        for k in range(1, decision.granted + 1):
+            grant = GrantId(self.budget.name, "", tokens_each, decision.now_us, f"{prefix}.{k}")
+            self.grants.append((self.now_ms, grant))
+        return decision
+
+    async def close(self, grant: GrantId, used: int) -> None:
+        await self.store.close(self.budget, "", [(grant, used)])
+
+
+async def test_a_refund_after_the_budget_caught_up_is_granted_again(redis_url: str) -> None:
+    clocked = await Clocked.create(redis_url, SLOW_TPM, 0.5)
+    try:
+        first = await clocked.acquire(10, 10)
+        assert first.granted == 4  # check-then-charge: 40 tokens, 80 s of the token TAT
+        await clocked.advance(85_000)  # the TAT (80 s) has passed
+        for _, grant in clocked.grants[:4]:
+            await clocked.close(grant, 0)
+        # The refunds reach back to the grants' issue time, capped at one window: 30 tokens of
+        # credit on top of the burst. The window log had them leave the window already.
+        again = await clocked.acquire(10, 10)
+        assert again.granted == 6
+        assert again.limited_by == "tokens"
+    finally:
+        await clocked.store.aclose()
+
+
+async def test_refunded_tokens_within_the_window_are_counted_once(redis_url: str) -> None:
+    clocked = await Clocked.create(redis_url, SLOW_TPM, 0.5)
+    try:
+        first = await clocked.acquire(2, 10)
+        assert first.granted == 2  # 20 tokens: the token TAT is 40 s ahead
+        await clocked.advance(45_000)  # caught up, but the grants are still in the window
+        for _, grant in clocked.grants:
+            await clocked.close(grant, 0)
+        # Without credit the refunds would be lost and 4 grants would start (burst + one).
+        # With it, 6: the GCRA allows 7, the window (60 tokens, nothing used) 6.
+        again = await clocked.acquire(10, 10)
+        assert again.granted == 6 and again.limited_by == "tokens"
+        await clocked.advance(1_000)
+        denied = await clocked.acquire(1, 10)
+        assert denied.granted == 0 and denied.limited_by == "tokens"
+        # The window is full until the first grants leave it: 60 s after they were issued.
+        assert denied.retry_after_s > 0
+    finally:
+        await clocked.store.aclose()
+
+
+Op = tuple[int, str, int, int, float]  # (ms to wait, kind, count, tokens each, used fraction)
+
+OPS = st.lists(
+    st.tuples(
+        st.integers(0, 20_000),
+        st.sampled_from(["acquire", "acquire", "settle", "release"]),
+        st.integers(1, 4),
+        st.integers(1, 20),
+        st.floats(0.0, 1.0),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS, burst_fraction=st.sampled_from([0.05, 0.2, 0.5]))
+def test_no_rolling_window_of_actual_use_exceeds_the_limit(
+    redis_url: str, ops: list[Op], burst_fraction: float
+) -> None:
+    """Whatever the order of grants, refunds, charges up to the reservation and releases."""
+    asyncio.run(_window_property(redis_url, ops, burst_fraction))
+
+
+async def _window_property(redis_url: str, ops: list[Op], burst_fraction: float) -> None:
+    clocked = await Clocked.create(redis_url, SLOW_TPM, burst_fraction)
+    used: dict[str, int] = {}
+    try:
+        for wait_ms, kind, count, tokens_each, fraction in ops:
+            await clocked.advance(wait_ms)
+            open_grants = [g for _, g in clocked.grants if g.serial not in used]
+            if kind == "acquire" or not open_grants:
+                await clocked.acquire(count, tokens_each)
+            else:
+                grant = open_grants[count % len(open_grants)]
+                used[grant.serial] = round(grant.tokens * fraction) if kind == "settle" else 0
+                await clocked.close(grant, used[grant.serial] if kind == "settle" else -1)
+    finally:
+        await clocked.store.aclose()
+    # Actual use: what a settled grant used, nothing for a released one, the reservation
+    # for one still open. Checking windows that end at a grant covers every window.
+    actual = [(issued, used.get(g.serial, g.tokens)) for issued, g in clocked.grants]
+    for end, _ in actual:
+        in_window = sum(tokens for issued, tokens in actual if end - WINDOW_MS < issued <= end)
+        assert in_window <= SLOW_TPM, (end, in_window)
