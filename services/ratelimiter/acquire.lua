@@ -12,10 +12,11 @@
 -- the ones before it: state is read once, carried from one Acquire to the next in Lua
 -- locals, and written once, so the Redis work per Acquire shrinks as the queue grows.
 --
--- Tokens have a second, exact check: the token window log (see close.lua). A token TAT below
--- `now` is credit left by refunds (close.lua); it is used as the base, so refunded tokens are
--- granted again, and the window log keeps every rolling window within the limit whatever the
--- credit. Without credit the key has expired (TATs are written to expire when they pass).
+-- Tokens have a second, exact check: the token window log (see close.lua), which keeps every
+-- rolling window within the limit; the token GCRA only paces. Its TAT may therefore lag the
+-- clock: by up to `carry` (one provider second) after a pause, further when refunds left
+-- credit (close.lua). A token TAT key expires `carry` after its TAT, so a stored TAT more than
+-- `carry` behind is credit, and no key means a pause longer than `carry`.
 --
 -- KEYS: 1 request TAT, 2 token TAT, 3 feedback hash, 4 budget in-flight zset,
 --       5 budget caps hash, 6 global caps hash, 7 usage ring hash, 8 token window log zset,
@@ -30,6 +31,7 @@
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local carry = tonumber(ARGV[11]) / 60
 local lease = tonumber(ARGV[6])
 local ntenants = tonumber(ARGV[13])
 local first = 14 + ntenants
@@ -66,10 +68,13 @@ local function tat_of(key)
   end
   return v
 end
--- The base of a charge: the TAT, or now if it has passed. Token TATs below now are credit.
+-- The base of a charge: the TAT, or now if it has passed; for tokens, see above.
 local function base_of(d)
   local tat = tat_of(d[2])
-  if d[1] == 'tokens' and tat > 0 then return tat end
+  if d[1] == 'tokens' then
+    if tat > 0 then return tat end
+    return now - carry
+  end
   return math.max(tat, now)
 end
 local function set_tat(key, v)
@@ -108,18 +113,18 @@ local function window_fit(cost)
   return 0
 end
 -- Microseconds until `excess` tokens have left the window (entries leave in time order).
+-- The scan stops after 2,000 entries, so that a denial costs little however busy the window:
+-- the advice is then the time the last entry scanned leaves, and the caller asks again.
 local function window_wait(excess)
-  local freed, start = 0, 0
-  while true do
-    local page = redis.call('ZRANGE', KEYS[8], start, start + 199, 'WITHSCORES')
-    if #page == 0 then break end
-    for k = 1, #page, 2 do
-      freed = freed + tonumber(string.match(page[k], '|(-?%d+)$'))
-      if freed >= excess then return tonumber(page[k + 1]) + win_us - now end
+  local freed = 0
+  local page = redis.call('ZRANGE', KEYS[8], 0, 1999, 'WITHSCORES')
+  for k = 1, #page, 2 do
+    freed = freed + tonumber(string.match(page[k], '|(-?%d+)$'))
+    if freed >= excess or k + 1 == #page and #page == 4000 then
+      return tonumber(page[k + 1]) + win_us - now
     end
-    start = start + 200
   end
-  -- Granted in this very call (not yet in the log): they leave one window from now.
+  -- The rest was granted in this very call (not yet in the log): it leaves a window from now.
   return win_us
 end
 
@@ -262,12 +267,14 @@ for i = first, #ARGV, 5 do
   out[#out + 1] = remaining
 end
 
--- A TAT expires when it passes (so a stored token TAT below now is credit, see close.lua);
--- a TAT still below now after this call is what is left of a credit, which keeps its expiry.
+-- A TAT expires when it passes, a token TAT `carry` later; a token TAT still more than `carry`
+-- behind after this call is what is left of a credit, which keeps its expiry.
 for _, key in ipairs(written) do
   local tat = tats[key]
-  if tat >= now then
-    redis.call('SET', key, us(tat), 'PX', math.max(1, math.ceil((tat - now) / 1000)))
+  local keep = 0
+  if key == KEYS[2] then keep = carry end
+  if tat >= now - keep then
+    redis.call('SET', key, us(tat), 'PX', math.max(1, math.ceil((tat + keep - now) / 1000)))
   else
     redis.call('SET', key, us(tat), 'KEEPTTL')
   end

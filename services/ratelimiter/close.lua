@@ -5,9 +5,10 @@
 --   settle:  tokens TAT += (used - reserved) * T_tok
 -- Request TATs never go below now. A token refund may take the token TAT below now, down to
 -- the grant's issue time (and at most one window back): the tokens the call did not use never
--- reached the provider's window, so they are granted again (credit). The credit lapses one
--- window after the time it reaches back to. Every rolling window stays within the limit by the
--- token window log, corrected here at the grant's issue time (docs/design/ratelimiter.md).
+-- reached the provider's window, so they are granted again (credit). A token TAT key lives
+-- `carry` (one provider second) past its TAT, a credit one window past the time it reaches
+-- back to (see acquire.lua). Every rolling window stays within the limit by the token window
+-- log, corrected here at the grant's issue time (docs/design/ratelimiter.md).
 -- A grant closes once (a zset of closed serials, pruned after the grant TTL); grants older
 -- than the TTL are ignored, their effect on the budget has long expired.
 --
@@ -26,6 +27,7 @@ local tok_T = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local tenant = ARGV[4]
 local win_us = tonumber(ARGV[7])
+local carry = win_us / 60
 
 local function shift(key, delta)
   local tat = redis.call('GET', key)
@@ -40,20 +42,18 @@ local function shift(key, delta)
   end
 end
 
--- Token TAT: a stored value below now is credit (TATs expire when they pass); no key is now.
+-- Token TAT: no key means a pause longer than `carry` (as in acquire.lua).
 local function shift_tokens(key, delta, issued)
   local tat = redis.call('GET', key)
-  local base = now
+  local base = now - carry
   if tat then base = tonumber(tat) end
   local new = base + delta
   if delta < 0 then
     new = math.min(base, math.max(new, issued, now - win_us))
   end
-  if new >= now then
-    redis.call('SET', key, string.format('%.0f', math.ceil(new)), 'PX', math.max(1, math.ceil((new - now) / 1000)))
-  else
-    redis.call('SET', key, string.format('%.0f', math.ceil(new)), 'PX', math.max(1, math.ceil((new + win_us - now) / 1000)))
-  end
+  local expiry = new + carry
+  if new < now - carry then expiry = new + win_us end
+  redis.call('SET', key, string.format('%.0f', math.ceil(new)), 'PX', math.max(1, math.ceil((expiry - now) / 1000)))
 end
 
 local tenant_T = 0

@@ -51,11 +51,12 @@ async def test_settle_charges_overuse_and_closes_each_grant_once(parts: RateLimi
     assert await parts.limiter.release(rest) == 3
     assert await parts.limiter.settle([(rest[0], 0)]) == 0  # already released
     # 40 tokens reserved + 30 charged - 30 released = 40 tokens ahead, 10 beyond the burst:
-    # 10 tokens x 2 s before the next call may start.
+    # 10 tokens x 2 s before the next call may start, less the second an idle token budget
+    # carries (its TAT started one provider second behind the clock).
     denied = await parts.limiter.acquire(TOKENS, 1, tokens_each=10)
     assert denied.grant_ids == []
     assert denied.decision.limited_by == "tokens"
-    assert 19.0 < denied.decision.retry_after_s <= 20.0
+    assert 18.0 < denied.decision.retry_after_s <= 19.0
 
 
 async def test_all_or_nothing(parts: RateLimiterServer) -> None:
