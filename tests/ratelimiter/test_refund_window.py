@@ -124,23 +124,27 @@ Op = tuple[int, str, int, int, float]  # (ms to wait, kind, count, tokens each, 
 
 OPS = st.lists(
     st.tuples(
-        st.integers(0, 20_000),
+        # Short waits keep the budget saturated, long ones let grants leave the window.
+        st.one_of(st.integers(0, 3_000), st.integers(0, 30_000)),
         st.sampled_from(["acquire", "acquire", "settle", "release"]),
         st.integers(1, 4),
         st.integers(1, 20),
-        st.floats(0.0, 1.0),
+        st.sampled_from([0.0, 0.0, 0.25, 1.0]),  # mostly refunds: they make the credit
     ),
     min_size=1,
-    max_size=40,
+    max_size=80,
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS, burst_fraction=st.sampled_from([0.05, 0.2, 0.5]))
 def test_no_rolling_window_of_actual_use_exceeds_the_limit(
     redis_url: str, ops: list[Op], burst_fraction: float
 ) -> None:
-    """Whatever the order of grants, refunds, charges up to the reservation and releases."""
+    """Whatever the order of grants, refunds, charges up to the reservation and releases.
+
+    Without the window log (the token GCRA with its credit alone) this finds windows over.
+    """
     asyncio.run(_window_property(redis_url, ops, burst_fraction))
 
 
