@@ -15,6 +15,7 @@ HEADER = """# Benchmarks
 Produced by `make bench` (each section by its own module under `bench/`; `python -m bench NAME`
 reruns one). Numbers are from the machine named in each section; re-run them on yours.
 """
+# The "Targets at a glance" table at the top is kept by hand: it reads across sections.
 
 
 def machine() -> str:
