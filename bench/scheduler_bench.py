@@ -26,11 +26,12 @@ from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from bench.report import machine, write_section
+from services.common.embedded import EmbeddedPostgres, create_database
 from services.scheduler.dispatcher import claim
 from services.scheduler.fairness import LaneShares
 from services.scheduler.migrations import migrate
@@ -43,14 +44,7 @@ LANE = "replicate:create"
 # ---------- database helpers ----------
 
 async def fresh_db(server_dsn: str) -> str:
-    name = f"fairway_bench_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    parts = urlsplit(server_dsn)
-    return urlunsplit(parts._replace(path="/" + name))
+    return await create_database(server_dsn, "fairway_bench")
 
 
 async def drop_db(server_dsn: str, dsn: str) -> None:
@@ -452,8 +446,6 @@ def report(results: dict[str, Any]) -> str:
 async def run_async(*, quick: bool = False, dsn: str | None = None) -> dict[str, Any]:
     embedded = None
     if dsn is None:
-        from services.common.embedded import EmbeddedPostgres
-
         embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="fairway-bench-")) / "data")
         dsn = embedded.start()
     try:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
+from services.common.embedded import EmbeddedPostgres, EmbeddedRedis, create_database
 
 
 @pytest.fixture(scope="session")
@@ -45,15 +44,7 @@ def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 async def fresh_database(postgres_dsn: str) -> str:
     """Create an empty database on the server; return its DSN."""
-    import asyncpg
-
-    name = f"fairway_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(postgres_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return _with_database(postgres_dsn, name)
+    return await create_database(postgres_dsn, "fairway_test")
 
 
 @pytest.fixture
@@ -61,9 +52,3 @@ async def database_url(postgres_dsn: str) -> str:
     """A fresh, empty database on the session's server, for one test."""
     return await fresh_database(postgres_dsn)
 
-
-def _with_database(dsn: str, name: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))

@@ -108,3 +108,19 @@ class EmbeddedRedis:
     def restart(self) -> str:
         self.stop()
         return self.start()
+
+
+async def create_database(server_dsn: str, prefix: str = "fairway") -> str:
+    """Create an empty, uniquely named database on a server; return its DSN (tests, benchmarks)."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return urlunsplit(urlsplit(server_dsn)._replace(path="/" + name))

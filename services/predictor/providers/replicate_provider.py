@@ -104,7 +104,7 @@ class ReplicateProvider:
             data = await find_orphan(self._client, self._gate, self._pay_read, assignment,
                                      lambda pid: self._adopt(ctx, pid))
             if data is None:
-                await self._pay_create()  # a resumed item comes without a create grant
+                await self._pay(REPLICATE_CREATE)  # a resumed item comes without a create grant
             else:
                 log.info("item %s: adopted prediction %s", assignment.item_id, data["id"])
                 await ctx.park()
@@ -145,17 +145,6 @@ class ReplicateProvider:
             return await ctx.record_upstream(prediction_id)
         except grpc.aio.AioRpcError:
             return False  # another item holds this prediction
-
-    async def _pay_create(self) -> None:
-        while True:
-            try:
-                got = await self._budgets.acquire(REPLICATE_CREATE, 1)
-            except RateLimiterError as exc:
-                await asyncio.sleep(max(0.2, getattr(exc, "retry_after_s", 0.0) or 0.5))
-                continue
-            if got.grants:
-                return
-            await asyncio.sleep(max(0.01, got.retry_after_s))
 
     def _next_read(self, model: str, elapsed_s: float) -> float:
         if not self._webhook:
@@ -216,9 +205,13 @@ class ReplicateProvider:
 
     async def _pay_read(self) -> None:
         """Wait for a grant from the `replicate:read` budget (reads have no dispatch grant)."""
+        await self._pay(REPLICATE_READ)
+
+    async def _pay(self, budget: str) -> None:
+        """Wait until `budget` grants one call, honouring its advice (and its outages)."""
         while True:
             try:
-                got = await self._budgets.acquire(REPLICATE_READ, 1)
+                got = await self._budgets.acquire(budget, 1)
             except RateLimiterError as exc:
                 await asyncio.sleep(max(0.2, getattr(exc, "retry_after_s", 0.0) or 0.5))
                 continue
