@@ -53,13 +53,6 @@ class LaneShares:
     def backlogs(self) -> dict[str, int]:
         return {t: s.backlog for t, s in self._shares.items() if s.backlog > 0}
 
-    def tenants_with_backlog(self) -> int:
-        return sum(1 for s in self._shares.values() if s.backlog > 0)
-
-    @property
-    def vclock(self) -> float:
-        return self._vclock
-
     def vtime(self, tenant: str) -> float:
         share = self._shares.get(tenant)
         return share.vtime if share else self._vclock
