@@ -8,7 +8,8 @@ slot, a finished item or the end of a budget's wait wakes it.
 
 The in-memory index (a `LaneShares` per lane) holds counts, not items: (lane, tenant) ->
 backlog. It is rebuilt from `queue_counts` (one row per lane and tenant, maintained by the
-statements that move items), so a resync costs O(lanes x tenants), not O(backlog).
+statements that finish items) and the leases, so a resync costs O(lanes x tenants + items
+in flight), not O(backlog).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from services.common.logging import get_logger
 from services.ratelimiter.client import BudgetClient, GrantRef
 from services.ratelimiter.errors import BudgetUnavailable
 from services.scheduler.config import SchedulerConfig
+from services.scheduler.events import JobSignals
 from services.scheduler.fairness import LaneShares
 from services.scheduler.metrics import DISPATCH_SECONDS, DISPATCHED, GRANT_WAITS
 from services.scheduler.rates import RecentCounts
@@ -80,9 +82,10 @@ async def claim(
 class Dispatcher:
     def __init__(
         self, pool: asyncpg.Pool, budgets: BudgetClient, workers: WorkerRegistry,
-        tenants: TenantDirectory, config: SchedulerConfig, replica: str,
+        tenants: TenantDirectory, signals: JobSignals, config: SchedulerConfig, replica: str,
     ) -> None:
         self._pool = pool
+        self._signals = signals
         self._budgets = budgets
         self.workers = workers
         self._tenants = tenants
@@ -102,16 +105,15 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._catching_up: asyncio.Task[None] | None = None
+        self._resync_lock = asyncio.Lock()
+        self._arrived: list[tuple[str, str, int]] | None = None  # adds heard during a resync
         self.on_hand_back: Callable[[list[pb.LeaseRef]], Awaitable[None]] | None = None
 
     # ---- lifecycle ----
 
     async def start(self) -> None:
         await self.resync()
-        self._listener = await asyncpg.connect(self._config.database_url)
-        await self._listener.add_listener("fairway_backlog", self._on_backlog_notify)
-        await self._listener.add_listener("fairway_tenants", self._on_tenant_notify)
         self._task = asyncio.create_task(self._run(), name="dispatch")
         self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
 
@@ -119,36 +121,52 @@ class Dispatcher:
         for task in (self._task, self._resync_task):
             if task is not None:
                 task.cancel()
-        if self._listener is not None:
-            await self._listener.close()
 
     async def resync(self) -> None:
         """Rebuild the index from the counters: O(lanes x tenants) rows, whatever the backlog."""
-        rows = await self._pool.fetch(QUERIES["queue_counts"])
-        await self._tenants.load()
-        backlog: dict[str, dict[str, int]] = defaultdict(dict)
-        processing: dict[str, int] = defaultdict(int)
-        for row in rows:
-            if row["pending"] > 0:
-                backlog[row["lane"]][row["tenant_id"]] = row["pending"]
-            processing[row["tenant_id"]] += row["processing"]
-        for name in set(self.lanes) | set(backlog):
-            shares = self.lanes.setdefault(name, LaneShares())
-            wanted = backlog.get(name, {})
-            for tenant in set(shares.backlogs()) | set(wanted):
-                shares.set_backlog(tenant, wanted.get(tenant, 0))
-            if name not in self._estimate and wanted:
-                self._estimate[name] = await self._pool.fetchval(QUERIES["lane_token_estimate"], name) or 0.0
-        self.processing = processing
+        async with self._resync_lock:
+            # Submits heard while the counts are read may or may not be in them: they are
+            # added again on top. Counting one twice costs a claim that comes back short
+            # (which corrects the count); missing one would hide it until the next resync.
+            self._arrived = []
+            try:
+                rows = await self._pool.fetch(QUERIES["queue_counts"])
+                await self._tenants.load()
+            finally:
+                arrived, self._arrived = self._arrived, None
+            backlog: dict[str, dict[str, int]] = defaultdict(dict)
+            processing: dict[str, int] = defaultdict(int)
+            for row in rows:
+                if row["pending"] > 0:
+                    backlog[row["lane"]][row["tenant_id"]] = row["pending"]
+                processing[row["tenant_id"]] += row["processing"]
+            for name in set(self.lanes) | set(backlog):
+                shares = self.lanes.setdefault(name, LaneShares())
+                wanted = backlog.get(name, {})
+                for tenant in set(shares.backlogs()) | set(wanted):
+                    shares.set_backlog(tenant, wanted.get(tenant, 0))
+            for lane, tenant, n in arrived:
+                self.lanes[lane].add_backlog(tenant, n)
+            self.processing = processing
+            for name, shares in self.lanes.items():
+                if name not in self._estimate and shares.backlog_total:
+                    self._estimate[name] = await self._pool.fetchval(QUERIES["lane_token_estimate"], name) or 0.0
         self.wake()
 
     async def _resync_forever(self) -> None:
         while True:
             await asyncio.sleep(RESYNC_SECONDS)
-            try:
-                await self.resync()
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("backlog resync failed: %s", exc)
+            await self._resync_logged()
+
+    async def _resync_logged(self) -> None:
+        try:
+            await self.resync()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("backlog resync failed: %s", exc)
+
+    def catch_up(self) -> None:
+        """Notices may have been lost (the notification connection was down): resync now."""
+        self._catching_up = asyncio.get_running_loop().create_task(self._resync_logged())
 
     # ---- signals from the rest of the scheduler ----
 
@@ -174,6 +192,8 @@ class Dispatcher:
         shares = self.lanes.setdefault(lane, LaneShares())
         before = shares.backlog_total
         shares.add_backlog(tenant, n)
+        if self._arrived is not None:
+            self._arrived.append((lane, tenant, n))
         if estimate:
             old = self._estimate.get(lane, estimate)
             self._estimate[lane] = (old * before + estimate * n) / max(1, before + n)
@@ -205,12 +225,14 @@ class Dispatcher:
         self.processing[tenant] = max(0, self.processing[tenant] - n)
         self.wake()
 
-    def _on_backlog_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def heard_backlog(self, payload: str) -> None:
+        """`fairway_backlog`: another replica accepted a submit."""
         replica, lane, tenant, n, est = payload.split("|")
         if replica != self._replica:
             self.add_backlog(lane, tenant, int(n), float(est))
 
-    def _on_tenant_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def heard_tenant(self, payload: str) -> None:
+        """`fairway_tenants`: a tenant was created or its policy changed."""
         task = asyncio.get_running_loop().create_task(self._tenants.refresh(payload))
         task.add_done_callback(self._refreshed)
 
@@ -296,6 +318,7 @@ class Dispatcher:
         async with self._pool.acquire() as conn:
             rows = await claim(conn, lane, picks, self._replica, self._config.lease_seconds)
         claimed, handed_back, unused = self._hand_out(rows, list(acquired.grants))
+        self._signals.touch({str(row["job_id"]) for row in rows if row["id"] is not None})
         self._correct_index(shares, picks, claimed, rows)
         shares.commit(dict(claimed), self._tenants.weight)
         if unused:

@@ -159,12 +159,14 @@ class Jobs:
                         f"the job needs {needed} credits and the balance is {tenant['credits']}; "
                         "add credits or submit fewer items"
                     )
-            await conn.execute(
+            job = await conn.fetchrow(
                 QUERIES["insert_job"], job_id, req.tenant, req.provider, req.model, operation, lane,
                 req.priority, metadata, n, req.idempotency_key or None, req.request_hash or None,
             )
             await conn.execute(QUERIES["insert_items"], job_id, req.tenant, lane, req.priority, cost,
                                refs, inputs, estimates)
+            await conn.execute(QUERIES["open_job_cursor"], job_id, lane, req.tenant, req.priority, job["seq"], n,
+                               job["created_at"])
             if cost:
                 await conn.execute(QUERIES["ledger_reserve"], req.tenant, -cost * n, job_id)
             mean_est = sum(estimates) / n

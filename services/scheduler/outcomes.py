@@ -66,7 +66,7 @@ class Outcomes:
         for row in rows:
             if text := usage.get(str(row["id"])):
                 self._dispatcher.observe_usage(row["lane"], text)
-        await self._after(rows)
+        self._after(rows)
         done = {str(r["id"]) for r in rows}
         return [c.lease.item_id in done for c in batch]
 
@@ -87,13 +87,15 @@ class Outcomes:
 
     async def _apply_failures(
         self, ids: list[uuid.UUID], leases: list[int], errors: list[str], retry: list[bool],
-        retry_after: list[float], *, backoff: bool, max_attempts: int | None = None,
+        retry_after: list[float], *, backoff: bool, counted: bool = True,
     ) -> list[Any]:
+        """Fail or retry leased items. `counted` False: the attempt does not count (the
+        item never reached a predictor)."""
         base = self._config.retry_base_seconds if backoff else 0.0
         rows = await self._moving(
             ("lock_tenants_of_items", "lock_counts_of_items"), QUERIES["fail_items"],
             ids, leases, errors, retry, retry_after,
-            max_attempts or self._config.max_attempts, base, self._config.retry_max_seconds,
+            self._config.max_attempts, base, self._config.retry_max_seconds, [counted] * len(ids),
         )
         for row in rows:
             if row["status"] == "PENDING":
@@ -101,7 +103,7 @@ class Outcomes:
                 self._dispatcher.add_backlog_later(row["delay_s"], row["lane"], row["tenant_id"], 1)
             else:
                 OUTCOMES.labels("failed").inc()
-        await self._after(rows)
+        self._after(rows)
         return list(rows)
 
     # ---- leases ----
@@ -123,7 +125,7 @@ class Outcomes:
         await self._apply_failures(
             [uuid.UUID(r.item_id) for r in leases], [r.lease for r in leases],
             ["not delivered to a predictor"] * len(leases), [True] * len(leases), [0.0] * len(leases),
-            backoff=False, max_attempts=self._config.max_attempts + 1,
+            backoff=False, counted=False,
         )
 
     async def record_upstream(self, lease: pb.LeaseRef, upstream_id: str) -> bool:
@@ -158,17 +160,22 @@ class Outcomes:
     async def cancel(self, tenant: str, job_id: str) -> pb.Job:
         """Cancel a job: pending items at once, in-flight ones fenced off from their holders."""
         job = await self._jobs.get(tenant, job_id)
+        key = uuid.UUID(job.id)
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(QUERIES["lock_tenant_of_job"], uuid.UUID(job.id))
-            await conn.execute(QUERIES["lock_counts_of_job"], uuid.UUID(job.id))
-            marked = await conn.fetchval(QUERIES["mark_job_canceled"], uuid.UUID(job.id), tenant)
-            rows = await conn.fetch(QUERIES["cancel_items"], uuid.UUID(job.id)) if marked else []
+            await conn.execute(QUERIES["lock_tenant_of_job"], key)
+            await conn.execute(QUERIES["lock_counts_of_job"], key)
+            marked = await conn.fetchrow(QUERIES["mark_job_canceled"], key, tenant)
+            rows = []
+            if marked is not None:
+                # Its own statement, so that the next one sees what a claim holding the
+                # cursor leased before it let go.
+                await conn.execute(QUERIES["close_job_cursor"], key)
+                rows = await conn.fetch(QUERIES["cancel_items"], key, marked["tenant_id"], marked["lane"])
         for row in rows:
             if row["was"] == "PENDING":
                 self._dispatcher.remove_backlog(row["lane"], row["tenant_id"], 1)
             else:
                 self._dispatcher.finished(row["tenant_id"])
-        await self._pool.fetch(QUERIES["finish_jobs"], [uuid.UUID(job.id)])
         self._signals.touch([job.id])
         return await self._jobs.get(tenant, job_id)
 
@@ -177,7 +184,7 @@ class Outcomes:
         if row is None:
             return pb.UpstreamResultResponse(matched=False)
         item_id = str(row["id"])
-        if row["status"] != "PROCESSING" or row["lease"] is None:
+        if row["lease"] is None:  # not in flight: finished, or waiting for another attempt
             return pb.UpstreamResultResponse(matched=True, item_id=item_id)
         lease = pb.LeaseRef(item_id=item_id, lease=row["lease"])
         if result.status == "succeeded":
@@ -206,15 +213,12 @@ class Outcomes:
                 log.warning("deadlock moving items; running the statement again")
         raise AssertionError("unreachable")
 
-    async def _after(self, rows: Sequence[Any]) -> None:
-        """Bookkeeping after items left PROCESSING: slots, finished jobs, watchers."""
-        if not rows:
-            return
+    def _after(self, rows: Sequence[Any]) -> None:
+        """Bookkeeping after items left PROCESSING: slots and watchers. (The statement that
+        finished a job's last item marked the job finished.)"""
         for row in rows:
             self._dispatcher.finished(row["tenant_id"])
-        job_ids = list({row["job_id"] for row in rows})
-        await self._pool.fetch(QUERIES["finish_jobs"], job_ids)
-        self._signals.touch([str(j) for j in job_ids])
+        self._signals.touch({str(row["job_id"]) for row in rows})
 
 
 def _answer(ids: Sequence[str], accepted: Sequence[bool]) -> pb.OutcomeResponse:

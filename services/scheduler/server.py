@@ -25,6 +25,7 @@ from services.scheduler.errors import DependencyDown
 from services.scheduler.events import JobSignals
 from services.scheduler.jobs import Jobs
 from services.scheduler.migrations import migrate
+from services.scheduler.notices import Notices
 from services.scheduler.outcomes import Outcomes
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.sql import SERVER_SETTINGS
@@ -55,10 +56,12 @@ class SchedulerApp:
     dispatcher: Dispatcher
     outcomes: Outcomes
     budgets: BudgetClient
+    notices: Notices
 
     async def close(self) -> None:
         await self.outcomes.stop()
         await self.dispatcher.stop()
+        await self.notices.stop()
         await self.budgets.close()
         await self.pool.close()
 
@@ -76,10 +79,18 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
     budgets = BudgetClient(config.ratelimiter_addr)
     tenants = TenantDirectory(pool)
     await tenants.load()
-    dispatcher = Dispatcher(pool, budgets, WorkerRegistry(), tenants, config, replica)
-    signals = JobSignals()
+    signals = JobSignals(pool, replica)
+    dispatcher = Dispatcher(pool, budgets, WorkerRegistry(), tenants, signals, config, replica)
     jobs = Jobs(pool, item_cost=config.item_cost, replica=replica, on_backlog=dispatcher.add_backlog)
     outcomes = Outcomes(pool, dispatcher, signals, jobs, config)
+    notices = Notices(config.database_url)
+    notices.subscribe("fairway_backlog", dispatcher.heard_backlog)
+    notices.subscribe("fairway_tenants", dispatcher.heard_tenant)
+    notices.subscribe("fairway_jobs", signals.heard)
+    notices.on_reconnect(dispatcher.catch_up)
+    notices.on_reconnect(signals.wake_all)
+    # Listening before the index is loaded: a submit is either in the load or heard.
+    await notices.start()
     await dispatcher.start()
     outcomes.start()
     server, port, health = create_server(
@@ -92,4 +103,4 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
         address=config.address,
         interceptors=[ErrorMapping(_translate)],
     )
-    return SchedulerApp(server, port, health, pool, dispatcher, outcomes, budgets)
+    return SchedulerApp(server, port, health, pool, dispatcher, outcomes, budgets, notices)

@@ -189,21 +189,34 @@ async def ledger_reconciles(conn: asyncpg.Connection) -> None:
 
 
 async def counters_match_items(conn: asyncpg.Connection) -> None:
-    """The counters agree with the items they count: queue_counts.unfinished per (lane,
-    tenant), the jobs' finished counts, and lease IS NOT NULL exactly while PROCESSING."""
+    """The dispatch state agrees with the items it describes.
+
+    - every unfinished (PENDING) item is in exactly one place: leased (in flight), waiting in
+      `retries`, or ahead of its job's cursor; a finished item is in none;
+    - queue_counts.unfinished per (lane, tenant) and the jobs' finished counts match the
+      items, and a job is marked finished exactly when all its items are.
+    """
+    misplaced = await conn.fetch(
+        "SELECT i.id, i.status, l.item_id IS NOT NULL AS leased, r.item_id IS NOT NULL AS waiting, "
+        "coalesce(i.seq > c.dispatched, false) AS queued FROM items i "
+        "LEFT JOIN leases l ON l.item_id = i.id LEFT JOIN retries r ON r.item_id = i.id "
+        "LEFT JOIN job_cursors c ON c.job_id = i.job_id "
+        "WHERE (l.item_id IS NOT NULL)::int + (r.item_id IS NOT NULL)::int + coalesce(i.seq > c.dispatched, false)::int"
+        " <> (i.status = 'PENDING')::int"
+    )
+    assert not misplaced, [dict(r) for r in misplaced]
     wrong = await conn.fetch(
         "SELECT * FROM queue_counts q FULL JOIN (SELECT lane, tenant_id, "
-        "count(*) FILTER (WHERE status IN ('PENDING', 'PROCESSING')) AS u "
+        "count(*) FILTER (WHERE status = 'PENDING') AS u "
         "FROM items GROUP BY lane, tenant_id) i USING (lane, tenant_id) "
         "WHERE coalesce(q.unfinished, 0) <> coalesce(i.u, 0)"
     )
     assert not wrong, [dict(r) for r in wrong]
     wrong = await conn.fetch(
-        "SELECT j.id, j.n_done, j.n_failed, j.n_canceled, i.* FROM jobs j JOIN (SELECT job_id, "
+        "SELECT j.id, j.n_done, j.n_failed, j.n_canceled, j.finished_at, i.* FROM jobs j JOIN (SELECT job_id, "
         "count(*) FILTER (WHERE status = 'DONE') AS d, count(*) FILTER (WHERE status = 'FAILED') AS f, "
-        "count(*) FILTER (WHERE status = 'CANCELED') AS c FROM items GROUP BY job_id) i ON i.job_id = j.id "
-        "WHERE (j.n_done, j.n_failed, j.n_canceled) <> (i.d, i.f, i.c)"
+        "count(*) FILTER (WHERE status = 'CANCELED') AS c, count(*) FILTER (WHERE status = 'PENDING') AS p "
+        "FROM items GROUP BY job_id) i ON i.job_id = j.id "
+        "WHERE (j.n_done, j.n_failed, j.n_canceled) <> (i.d, i.f, i.c) OR (j.finished_at IS NULL) <> (i.p > 0)"
     )
     assert not wrong, [dict(r) for r in wrong]
-    assert not await conn.fetchval(
-        "SELECT count(*) FROM items WHERE (lease IS NOT NULL) <> (status = 'PROCESSING')")

@@ -132,7 +132,7 @@ async def test_retry_after_is_honoured(client: Client, predictor: FakePredictor,
     (a,) = await predictor.take(1)
     await predictor.fail([a], "429", retryable=True, retry_after_s=30.0)
     wait = await db.fetchval(
-        "SELECT extract(epoch FROM run_after - now()) FROM items WHERE id = $1", uuid.UUID(a.item_id)
+        "SELECT extract(epoch FROM run_after - now()) FROM retries WHERE item_id = $1", uuid.UUID(a.item_id)
     )
     assert 25.0 < wait <= 30.0
     await counters_match_items(db)

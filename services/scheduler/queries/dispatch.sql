@@ -1,0 +1,109 @@
+-- Dispatch: the index's resync and the claim. Loaded once by `services/scheduler/sql.py`.
+
+-- name: queue_counts
+-- The dispatch index's resync: one row per (lane, tenant) with anything queued or in flight.
+-- Queued = unfinished - in flight; both read in one snapshot, so they agree.
+SELECT q.lane, q.tenant_id, q.unfinished - coalesce(f.n, 0) AS pending, coalesce(f.n, 0) AS processing
+FROM queue_counts q LEFT JOIN (
+    SELECT lane, tenant_id, count(*) AS n FROM leases GROUP BY lane, tenant_id
+) f USING (lane, tenant_id)
+WHERE q.unfinished > 0;
+
+-- name: lock_counts_for_claim
+-- Only tenants with max_concurrency: their claims take turns, so that each counts what the
+-- previous one put in flight. Claims of other tenants lock no counter row at all.
+SELECT 1 FROM queue_counts q JOIN tenants t ON t.id = q.tenant_id
+WHERE q.tenant_id = ANY($1::text[]) AND t.max_concurrency IS NOT NULL
+ORDER BY q.lane, q.tenant_id FOR UPDATE OF q;
+
+-- name: claim_items
+-- Lease up to n[i] items of tenant[i] in lane $1 to worker $4 for $5 seconds, in the
+-- tenant's order: priority first; at equal priority the items waiting for another attempt
+-- (whose backoff is over), then the jobs in submit order, each job's items in order.
+--
+-- No item row is written. A job hands out a range of its items by advancing its cursor;
+-- the items' rows are only read (by (job_id, seq)), and each leased item gets a row in
+-- `leases`. Cursor rows are locked in tenant order (`wanted` is sorted), so two claims
+-- for the same tenant take turns and cannot deadlock; retries are taken SKIP LOCKED.
+--
+-- max_concurrency: with $6 false, a tenant with a cap gets nothing and comes back
+-- `deferred`, for the caller to claim again after `lock_counts_for_claim`, with $6 true;
+-- then the room is its cap minus its leases in every lane, counted after that lock.
+-- One row per leased item, plus one with a NULL id for each tenant that got none; `room`
+-- is what the cap allowed, so the caller tells "capped" from "ran out of items".
+WITH wanted AS (
+    SELECT w.tenant_id, w.n, t.max_concurrency AS cap
+    FROM unnest($2::text[], $3::int[]) AS w(tenant_id, n) JOIN tenants t ON t.id = w.tenant_id
+), busy AS (
+    SELECT l.tenant_id, count(*) AS n FROM leases l
+    WHERE $6 AND l.tenant_id = ANY(ARRAY(SELECT tenant_id FROM wanted WHERE cap IS NOT NULL))
+    GROUP BY l.tenant_id
+), room AS (
+    SELECT w.tenant_id, CASE WHEN w.cap IS NULL THEN w.n
+                             WHEN NOT $6 THEN 0
+                             ELSE least(w.n, greatest(0, w.cap - coalesce(b.n, 0))) END AS n,
+           w.cap IS NOT NULL AND NOT $6 AS deferred
+    FROM wanted w LEFT JOIN busy b ON b.tenant_id = w.tenant_id
+    ORDER BY w.tenant_id
+), candidates AS (
+    SELECT r.tenant_id, r.n, p.priority, 0 AS kind, p.run_after, 0::bigint AS job_seq,
+           p.item_id, NULL::uuid AS job_id, 0 AS dispatched, 1 AS size
+    FROM room r CROSS JOIN LATERAL (
+        SELECT item_id, priority, run_after FROM retries
+        WHERE lane = $1 AND tenant_id = r.tenant_id AND run_after <= now()
+        ORDER BY priority DESC, run_after LIMIT r.n FOR UPDATE SKIP LOCKED
+    ) p
+    WHERE r.n > 0 AND EXISTS (SELECT 1 FROM retries WHERE lane = $1 AND run_after <= now())
+    UNION ALL
+    SELECT r.tenant_id, r.n, c.priority, 1, NULL, c.job_seq, NULL, c.job_id, c.dispatched, c.total - c.dispatched
+    FROM room r CROSS JOIN LATERAL (
+        SELECT job_id, priority, job_seq, dispatched, total FROM job_cursors
+        WHERE lane = $1 AND tenant_id = r.tenant_id
+        ORDER BY priority DESC, job_seq LIMIT r.n FOR UPDATE
+    ) c
+    WHERE r.n > 0
+), taken AS (
+    -- Each candidate takes what is still wanted after the ones before it.
+    SELECT * FROM (
+        SELECT c.*, least(c.size, greatest(0, c.n - (sum(c.size) OVER (
+            PARTITION BY c.tenant_id ORDER BY c.priority DESC, c.kind, c.run_after, c.job_seq
+            ROWS UNBOUNDED PRECEDING) - c.size)))::int AS take
+        FROM candidates c
+    ) s WHERE take > 0
+), advanced AS (
+    UPDATE job_cursors c SET dispatched = c.dispatched + t.take
+    FROM taken t
+    WHERE c.job_id = ANY(ARRAY(SELECT job_id FROM taken WHERE kind = 1 AND take < size)) AND c.job_id = t.job_id
+), exhausted AS (
+    DELETE FROM job_cursors WHERE job_id = ANY(ARRAY(SELECT job_id FROM taken WHERE kind = 1 AND take = size))
+), unqueued AS (
+    DELETE FROM retries WHERE item_id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0))
+), chosen AS (
+    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id
+    FROM items i WHERE i.id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0)) AND i.status = 'PENDING'
+    UNION ALL
+    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id
+    FROM taken t CROSS JOIN LATERAL (
+        SELECT id, job_id, tenant_id, attempts, input, upstream_id FROM items
+        WHERE job_id = t.job_id AND seq > t.dispatched AND status = 'PENDING'
+        ORDER BY seq LIMIT t.take
+    ) i
+    WHERE t.kind = 1
+), leased AS (
+    INSERT INTO leases (item_id, lease, job_id, tenant_id, lane, worker, attempt, leased_until)
+    SELECT id, nextval('lease_numbers'), job_id, tenant_id, $1, $4, attempts + 1, now() + make_interval(secs => $5)
+    FROM chosen
+    RETURNING item_id, lease, attempt, leased_until
+)
+SELECT r.tenant_id AS room_tenant, r.n AS room, r.deferred, c.id, c.job_id, c.tenant_id, l.lease,
+       l.attempt AS attempts, c.input, c.upstream_id, l.leased_until, j.provider, j.model, j.operation
+FROM room r
+LEFT JOIN (leased l JOIN chosen c ON c.id = l.item_id JOIN jobs j ON j.id = c.job_id) ON c.tenant_id = r.tenant_id;
+
+-- name: lane_token_estimate
+-- Mean token estimate of a lane's next items (a sample of the open jobs' next items).
+SELECT avg(i.est_tokens)::float8 FROM (
+    SELECT job_id, dispatched FROM job_cursors WHERE lane = $1 LIMIT 50
+) c CROSS JOIN LATERAL (
+    SELECT est_tokens FROM items WHERE job_id = c.job_id AND seq > c.dispatched ORDER BY seq LIMIT 20
+) i;

@@ -1,0 +1,153 @@
+"""The dispatch state (job cursors, leases, retries) under concurrency, retries and cuts."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import asyncpg
+import pytest
+from fairway.scheduler.v1 import scheduler_pb2 as pb
+
+from services.scheduler import dispatcher, events
+from services.scheduler.server import SchedulerApp
+from tests.scheduler.conftest import Client, FakePredictor, StartScheduler, counters_match_items
+
+LANE = "replicate:create"
+
+
+async def test_concurrent_claims_lease_every_item_exactly_once(
+    scheduler: SchedulerApp, client: Client, database_url: str
+) -> None:
+    # Jobs of every size and two priorities; four claimers race until nothing is left.
+    sizes = {"a": [1, 1, 1, 50, 2], "b": [300], "c": [7, 1, 40, 1, 1, 1, 25]}
+    for tenant, jobs in sizes.items():
+        await client.tenant(tenant)
+        for k, n in enumerate(jobs):
+            await client.submit(tenant, n, priority=k % 2)
+    total = sum(sum(jobs) for jobs in sizes.values())
+    conns = [await asyncpg.connect(database_url) for _ in range(4)]
+    leased: list[uuid.UUID] = []
+
+    async def claimer(conn: asyncpg.Connection, seed: int) -> None:
+        rng = random.Random(seed)
+        while len(leased) < total:
+            picks = {t: rng.randint(1, 40) for t in sizes if rng.random() < 0.8}
+            rows = await dispatcher.claim(conn, LANE, picks, f"w{seed}", 30.0)
+            leased.extend(r["id"] for r in rows if r["id"] is not None)
+
+    try:
+        await asyncio.gather(*(claimer(conn, k) for k, conn in enumerate(conns)))
+        assert len(leased) == len(set(leased)) == total
+        assert set(leased) == {r["id"] for r in await conns[0].fetch("SELECT id FROM items")}
+        assert await conns[0].fetchval("SELECT count(*) FROM job_cursors") == 0
+        await counters_match_items(conns[0])
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+async def test_priority_first_then_due_retries_then_jobs_in_order(
+    start_scheduler: StartScheduler,
+) -> None:
+    app = await start_scheduler(FAIRWAY_RETRY_BASE_SECONDS=0)
+    client = Client(app)
+    predictor = FakePredictor(client)
+    try:
+        await client.tenant("t")
+        low = await client.submit("t", 4, priority=0)
+        predictor.ready(2)
+        first = await predictor.take(2)
+        assert {a.job_id for a in first} == {low.id}
+        retried = first[0]
+        await predictor.fail([retried], "503", retryable=True)
+        high = await client.submit("t", 1, priority=5)
+        predictor.ready(2)
+        second = {(a.job_id, a.item_id if a.job_id == low.id else "", a.attempt) for a in await predictor.take(2)}
+        # The higher priority job first, then the retry (its backoff is over) before the
+        # low job's next fresh item.
+        assert second == {(high.id, "", 1), (low.id, retried.item_id, 2)}
+        predictor.ready(5)
+        rest = await predictor.take(2)
+        assert {a.job_id for a in rest} == {low.id} and retried.item_id not in {a.item_id for a in rest}
+    finally:
+        await predictor.close()
+        await client.close()
+
+
+async def test_a_hand_back_costs_no_attempt(scheduler: SchedulerApp, client: Client, db: asyncpg.Connection) -> None:
+    await client.tenant("t", credits=5)
+    await client.submit("t", 1)
+    async with scheduler.pool.acquire() as conn:
+        (row,) = await dispatcher.claim(conn, LANE, {"t": 1}, "gone", 30.0)
+    await scheduler.outcomes.hand_back([pb.LeaseRef(item_id=str(row["id"]), lease=row["lease"])])
+    item = await db.fetchrow("SELECT status, attempts, error FROM items WHERE id = $1", row["id"])
+    assert dict(item) == {"status": "PENDING", "attempts": 0, "error": "not delivered to a predictor"}
+    assert await db.fetchval("SELECT count(*) FROM retries WHERE item_id = $1", row["id"]) == 1
+    await counters_match_items(db)
+    predictor = FakePredictor(client)
+    try:
+        predictor.ready(1)
+        (again,) = await predictor.take(1)
+        assert (again.item_id, again.attempt) == (str(row["id"]), 1)
+        assert (await predictor.complete([again])).accepted
+        assert await db.fetchval("SELECT credits FROM tenants WHERE id = 't'") == 4
+    finally:
+        await predictor.close()
+
+
+async def test_a_watcher_on_one_replica_sees_what_another_changed(
+    start_scheduler: StartScheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the NOTIFY from the replica that changed the items can wake the watcher in time.
+    monkeypatch.setattr(events, "SAFETY_SECONDS", 3600.0)
+    a, b = await start_scheduler(), await start_scheduler()
+    ca, cb = Client(a), Client(b)
+    predictor = FakePredictor(cb)
+    try:
+        await ca.tenant("t")
+        job = await ca.submit("t", 3)
+        stream = ca.api.WatchJob(pb.WatchJobRequest(tenant="t", job_id=job.id))
+        first = await anext(aiter(stream))
+        assert first.HasField("item") or first.HasField("job")
+        predictor.ready(3)
+        await predictor.complete(await predictor.take(3))
+        done: set[str] = set()
+        async with asyncio.timeout(10):
+            async for event in stream:
+                if event.HasField("item") and event.item.status == pb.DONE:
+                    done.add(event.item.id)
+                if event.HasField("job") and event.job.status == pb.JOB_DONE:
+                    break
+        assert len(done) == 3
+    finally:
+        await predictor.close()
+        await ca.close()
+        await cb.close()
+
+
+async def test_a_cut_notification_connection_is_restored(
+    start_scheduler: StartScheduler, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    monkeypatch.setattr(dispatcher, "RESYNC_SECONDS", 3600.0)
+    a, b = await start_scheduler(), await start_scheduler()
+    ca, cb = Client(a), Client(b)
+    predictor = FakePredictor(ca)
+    restored = asyncio.Event()
+    a.notices.on_reconnect(restored.set)
+    admin = await asyncpg.connect(database_url)
+    try:
+        await cb.tenant("t")
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", a.notices.server_pid())
+        async with asyncio.timeout(10):
+            await restored.wait()
+        # A submit on B reaches A only by NOTIFY (no resync runs during the test).
+        await cb.submit("t", 2)
+        predictor.ready(2)
+        assert {x.tenant for x in await predictor.take(2, timeout_s=10)} == {"t"}
+    finally:
+        await admin.close()
+        await predictor.close()
+        await ca.close()
+        await cb.close()
