@@ -76,6 +76,11 @@ async def add_backlog(conn: asyncpg.Connection, tenants: int, per_tenant: int) -
             "SELECT id, tenant_id, 'replicate', 'acme/fast', 'prediction', $1, $2 FROM new_jobs", LANE, per_tenant,
         )
         await conn.execute(
+            "INSERT INTO job_cursors (job_id, lane, tenant_id, priority, job_seq, total, created_at) "
+            "SELECT id, lane, tenant_id, priority, seq, items_total, created_at FROM jobs "
+            "WHERE id IN (SELECT id FROM new_jobs)",
+        )
+        await conn.execute(
             "INSERT INTO items (id, job_id, tenant_id, lane, priority, seq, ref, input) "
             "SELECT gen_random_uuid(), j.id, j.tenant_id, $1, 0, s, 'r' || s, '{\"prompt\": \"a cat\"}' "
             "FROM new_jobs j, generate_series(1, $2) s", LANE, per_tenant,
@@ -106,11 +111,12 @@ async def fairway_throughput(dsn: str, items: int, batch: int, workers: int, ten
     await conn.close()
     pool = await asyncpg.create_pool(dsn, min_size=workers, max_size=workers, server_settings=SERVER_SETTINGS)
     names = [f"t{i}" for i in range(tenants)]
+    expected = items // tenants * tenants
     done = 0
 
     async def worker(k: int) -> None:
         nonlocal done
-        turn = k
+        turn, idle = k, 0
         while True:
             # A claim across several tenants as the dispatcher sends it (fair split of the batch).
             per = [batch // tenants + (1 if i < batch % tenants else 0) for i in range(tenants)]
@@ -121,7 +127,12 @@ async def fairway_throughput(dsn: str, items: int, batch: int, workers: int, ten
                 claimed = await claim(conn, LANE, dict(zip(names, per, strict=True)), f"w{k}", 30.0)
             rows = [r for r in claimed if r["id"] is not None]
             if not rows:
-                return
+                if done >= expected:
+                    return
+                idle += 1  # another worker held the rest for the moment
+                assert idle < 10_000, f"stalled at {done} of {expected} items"
+                continue
+            idle = 0
             ids = [r["id"] for r in rows]
             await pool.fetch(QUERIES["complete_items"], ids, [r["lease"] for r in rows],
                              ['{"ok": true}'] * len(rows), [None] * len(rows))
@@ -131,7 +142,7 @@ async def fairway_throughput(dsn: str, items: int, batch: int, workers: int, ten
     await asyncio.gather(*(worker(k) for k in range(workers)))
     elapsed = time.perf_counter() - started
     await pool.close()
-    assert done == items // tenants * tenants, done
+    assert done == expected, done
     return done / elapsed
 
 

@@ -42,7 +42,7 @@ WITH locked AS (
     UPDATE items i SET status = 'DONE', output = r.output, usage = r.usage, error = NULL, attempts = r.attempt,
         started_at = coalesce(i.started_at, r.started_at), finished_at = now(), change_seq = nextval('item_changes')
     FROM released r
-    WHERE i.id = ANY(ARRAY(SELECT item_id FROM released)) AND i.id = r.item_id
+    WHERE i.id = r.item_id
     RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.cost
 ), counted AS (
     UPDATE jobs j SET n_done = j.n_done + d.n, updated_at = now(),
@@ -80,7 +80,7 @@ WITH f AS (
         finished_at = CASE WHEN r.again THEN NULL ELSE now() END,
         change_seq = nextval('item_changes')
     FROM released r
-    WHERE i.id = ANY(ARRAY(SELECT item_id FROM released)) AND i.id = r.item_id
+    WHERE i.id = r.item_id
     RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.priority, i.cost, i.status,
               CASE WHEN r.again THEN greatest(r.retry_after, random() * least(
                   $8::float8, $7::float8 * 2 ^ greatest(r.attempts - 1, 0))) ELSE 0 END AS delay_s
