@@ -28,7 +28,7 @@ from services.scheduler.migrations import migrate
 from services.scheduler.notices import Notices
 from services.scheduler.outcomes import Outcomes
 from services.scheduler.servicer import SchedulerServicer
-from services.scheduler.sql import SERVER_SETTINGS
+from services.scheduler.sql import create_pool
 from services.scheduler.tenants import TenantDirectory
 from services.scheduler.workers import WorkerRegistry
 
@@ -73,8 +73,7 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
         await migrate(conn)
     finally:
         await conn.close()
-    pool = await asyncpg.create_pool(config.database_url, min_size=config.db_pool_min,
-                                     max_size=config.db_pool_max, server_settings=SERVER_SETTINGS)
+    pool = await create_pool(config.database_url, min_size=config.db_pool_min, max_size=config.db_pool_max)
     replica = uuid.uuid4().hex[:12]
     budgets = BudgetClient(config.ratelimiter_addr)
     tenants = TenantDirectory(pool)

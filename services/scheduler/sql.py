@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+import asyncpg
+
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -39,3 +41,15 @@ QUERIES: dict[str, str] = load_queries()
 # or a completion planned afresh for every call spent more time planning (1-3 ms) than
 # executing at small batches.
 SERVER_SETTINGS: dict[str, str] = {"plan_cache_mode": "force_generic_plan"}
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Nothing to reset: scheduler connections hold no session state (no LISTEN, advisory
+    lock, cursor or SET; the pool rolls back a transaction left open either way)."""
+
+
+async def create_pool(database_url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """The scheduler's connection pool. A released connection is not reset: asyncpg's reset
+    query (`RESET ALL; UNLISTEN *; ...`) is one more round trip for every statement."""
+    return await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size,
+                                     server_settings=SERVER_SETTINGS, reset=_keep_session)
