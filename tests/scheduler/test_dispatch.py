@@ -135,3 +135,42 @@ async def test_a_weight_change_applies_to_the_next_dispatch(client: Client, pred
     predictor.ready(50)
     got = Counter(x.tenant for x in await predictor.take(50))
     assert abs(got["b"] - 40) <= 1, got
+
+
+async def test_weighted_shares_over_a_ten_second_window(client: Client) -> None:
+    """Three tenants backlogged throughout; a predictor with 8 slots whose calls take 20 ms
+    completes items while the scheduler dispatches: in the 10 s window every tenant's share
+    is within 5% of its weight share."""
+    weights = {"w1": 1.0, "w2": 2.0, "w3": 3.0}
+    for tenant, weight in weights.items():
+        await client.tenant(tenant, weight=weight)
+        await client.submit(tenant, 3000)
+    predictor = FakePredictor(client)
+    arrivals: list[tuple[float, str]] = []
+    loop = asyncio.get_running_loop()
+
+    async def call() -> None:  # one of the predictor's 8 concurrent calls
+        while True:
+            (assignment,) = await predictor.take(1)
+            arrivals.append((loop.time(), assignment.tenant))
+            await asyncio.sleep(0.02)  # the upstream call
+            await predictor.complete([assignment])
+            predictor.ready(1)
+
+    predictor.ready(8)
+    calls = [asyncio.create_task(call()) for _ in range(8)]
+    try:
+        start = loop.time()
+        await asyncio.sleep(11.0)  # the measurement window, not a wait for an event
+    finally:
+        for task in calls:
+            task.cancel()
+        await predictor.close()
+    assert all(n < 3000 for n in Counter(t for _, t in arrivals).values())  # all backlogged to the end
+    got = Counter(t for at, t in arrivals if start + 1.0 <= at < start + 11.0)
+    total = sum(got.values())
+    assert total > 300, got
+    for tenant, weight in weights.items():
+        expected = total * weight / sum(weights.values())
+        assert abs(got[tenant] - expected) <= 0.05 * expected, got
+    assert jain([got[t] / w for t, w in weights.items()]) >= 0.99
