@@ -199,7 +199,8 @@ async def claim_latency(
             shares = await index_from_db(conn)
             for batch in batches:
                 picks_t, claims_t = [], []
-                for _ in range(rounds):
+                # Leave at least half the backlog: a claim must never find it empty.
+                for _ in range(min(rounds, max(3, have // (2 * len(batches) * batch)))):
                     started = time.perf_counter()
                     picks = shares.pick(batch, weights.__getitem__, lambda _t: 1 << 30)
                     picked = time.perf_counter()
@@ -215,7 +216,7 @@ async def claim_latency(
                     await conn.fetch(QUERIES["complete_items"], [r["id"] for r in leased], [r["lease"] for r in leased],
                                      ["{}"] * len(leased), [None] * len(leased))
                 row = {"backlog": have, "tenants": tenants, "batch": batch, "pick": _stats(picks_t),
-                       "claim": _stats(claims_t), "load_s": grow_s}
+                       "claim": _stats(claims_t), "rounds": len(claims_t), "load_s": grow_s}
                 out.append(row)
                 print(f"  claim backlog={have:8d} tenants={tenants:6d} batch={batch:3d}: pick "
                       f"{row['pick']['median_ms']:.2f} ms, claim {row['claim']['median_ms']:.2f} ms (median)",

@@ -3,8 +3,8 @@
 A dispatch round for one lane asks the ratelimiter for as many grants as it means to
 dispatch (bounded by free predictor slots and backlog), picks exactly that many items by
 weighted fair share, claims them in one statement and hands each, with its grant, to a
-predictor stream. Nothing waits on a timer: a submit (on any replica, via NOTIFY), a free
-slot, a finished item or the end of a budget's wait wakes it.
+predictor stream. Nothing polls: a submit (on any replica, via NOTIFY), a free slot, a
+finished item or the end of a budget's wait wakes it.
 
 The in-memory index (a `LaneShares` per lane) holds counts, not items: (lane, tenant) ->
 backlog. It is rebuilt from `queue_counts` (one row per lane and tenant, maintained by the
@@ -15,6 +15,7 @@ in flight), not O(backlog).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -246,7 +247,12 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            # An event wakes the loop, or the moment the first lane waiting for budget may
+            # go again. A deadline, not a timer per wait: a timer that fires a moment early
+            # (uvloop's are in whole milliseconds) would find the lane still waiting, and
+            # nothing would wake the loop again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._until_budget())
             self._wake.clear()
             try:
                 while await self._round():
@@ -257,6 +263,13 @@ class Dispatcher:
                 if isinstance(exc, asyncpg.DeadlockDetectedError):
                     retry = 0.0  # two statements crossed; the retry will not meet the same one
                 asyncio.get_running_loop().call_later(retry, self.wake)
+
+    def _until_budget(self) -> float | None:
+        """Seconds until the first lane with backlog that waits for budget may go again."""
+        now = time.monotonic()
+        waits = [until - now for name, until in self._blocked_until.items()
+                 if until > now and self.lanes[name].backlog_total > 0]
+        return min(waits) if waits else None
 
     def _ready_lanes(self) -> list[str]:
         now = time.monotonic()
@@ -310,7 +323,6 @@ class Dispatcher:
         if not acquired.grants:
             GRANT_WAITS.labels(lane).inc()
             self._blocked_until[lane] = time.monotonic() + acquired.retry_after_s
-            asyncio.get_running_loop().call_later(acquired.retry_after_s, self.wake)
             return False
         if len(acquired.grants) < want:
             # Dispatch exactly as many items as there are grants: none waits claimed.

@@ -25,13 +25,14 @@ from services.scheduler.config import SchedulerConfig
 from services.scheduler.server import SchedulerApp, create_scheduler
 
 # Budgets far above what a test dispatches, except "slow-model" (3 grants, then a wait of
-# seconds): predictor slots, not budgets, bound the tests' dispatch unless they pick it.
+# seconds) and "paced-model" (60 grants, then one a second): predictor slots, not budgets,
+# bound the tests' dispatch unless they pick one of those.
 LIMITS = {
     "utilization": 1.0,
     "replicate": {"create_rpm": 6_000_000, "read_rpm": 6_000_000},
     "openai": {
         "default": {"rpm": 6_000_000, "tpm": 6_000_000_000},
-        "models": {"slow-model": {"rpm": 6, "tpm": 6_000_000}},
+        "models": {"slow-model": {"rpm": 6, "tpm": 6_000_000}, "paced-model": {"rpm": 120, "tpm": 6_000_000}},
     },
 }
 
@@ -92,6 +93,7 @@ class Client:
     """The Scheduler and Dispatch APIs of one replica, as the gateway and predictors use them."""
 
     def __init__(self, app: SchedulerApp) -> None:
+        self.app = app
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
         self.api = scheduler_pb2_grpc.SchedulerStub(self.channel)
         self.dispatch = scheduler_pb2_grpc.DispatchStub(self.channel)
@@ -122,6 +124,25 @@ async def client(scheduler: SchedulerApp) -> AsyncIterator[Client]:
     c = Client(scheduler)
     yield c
     await c.close()
+
+
+StartPair = Callable[[], Awaitable[tuple[Client, Client]]]
+
+
+@pytest.fixture
+async def replica_pair(start_scheduler: StartScheduler) -> AsyncIterator[StartPair]:
+    """Start two replicas on one database (after the test has patched what it needs);
+    their clients are closed at the end."""
+    clients: list[Client] = []
+
+    async def start() -> tuple[Client, Client]:
+        a, b = Client(await start_scheduler()), Client(await start_scheduler())
+        clients.extend((a, b))
+        return a, b
+
+    yield start
+    for c in clients:
+        await c.close()
 
 
 class FakePredictor:

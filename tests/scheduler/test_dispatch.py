@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
@@ -11,7 +13,7 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.scheduler import dispatcher
 from services.scheduler.server import SchedulerApp
-from tests.scheduler.conftest import Client, FakePredictor, StartScheduler, counters_match_items
+from tests.scheduler.conftest import Client, FakePredictor, StartPair, StartScheduler, counters_match_items
 from tests.scheduler.test_fairness import jain
 
 
@@ -47,12 +49,11 @@ async def test_a_newcomer_is_in_the_very_next_batch(client: Client, predictor: F
 
 
 async def test_a_submit_on_another_replica_wakes_dispatch(
-    start_scheduler: StartScheduler, monkeypatch: pytest.MonkeyPatch
+    replica_pair: StartPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No periodic resync during the test: only B's NOTIFY can tell A about the submit.
     monkeypatch.setattr(dispatcher, "RESYNC_SECONDS", 3600.0)
-    a, b = await start_scheduler(), await start_scheduler()
-    ca, cb = Client(a), Client(b)
+    ca, cb = await replica_pair()
     predictor = FakePredictor(ca)
     try:
         await cb.tenant("big", max_concurrency=20)
@@ -64,8 +65,6 @@ async def test_a_submit_on_another_replica_wakes_dispatch(
         assert (await predictor.take(1))[0].tenant == "new"
     finally:
         await predictor.close()
-        await ca.close()
-        await cb.close()
 
 
 async def test_a_lane_without_budget_holds_up_no_other(client: Client, predictor: FakePredictor) -> None:
@@ -77,6 +76,30 @@ async def test_a_lane_without_budget_holds_up_no_other(client: Client, predictor
     # slow-model grants 3 at once, then waits seconds; gpt-4o-mini is not held up by it.
     assert got == {"slow-model": 3, "gpt-4o-mini": 5}
     assert predictor.received.empty()
+
+
+async def test_the_end_of_a_budget_wait_resumes_dispatch(
+    start_scheduler: StartScheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing but the end of the wait may wake dispatch here (no completion, no submit, no
+    resync), and the lane's wait is measured on a clock 2% slower than the event loop's:
+    a timer set for the wait fires before the wait is over, as uvloop's millisecond timers
+    can."""
+    monkeypatch.setattr(dispatcher, "RESYNC_SECONDS", 3600.0)
+    real = time.monotonic
+    monkeypatch.setattr(dispatcher, "time", SimpleNamespace(monotonic=lambda: real() * 0.98,
+                                                            perf_counter=time.perf_counter))
+    client = Client(await start_scheduler())
+    predictor = FakePredictor(client)
+    try:
+        await client.tenant("t")
+        await client.submit("t", 61, provider="openai", model="paced-model")
+        predictor.ready(100)
+        await predictor.take(60)  # the budget's burst; then one grant a second
+        await predictor.take(1, timeout_s=5)
+    finally:
+        await predictor.close()
+        await client.close()
 
 
 async def test_priority_within_a_tenant(client: Client, predictor: FakePredictor) -> None:

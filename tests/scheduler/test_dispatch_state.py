@@ -12,7 +12,7 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.scheduler import dispatcher, events
 from services.scheduler.server import SchedulerApp
-from tests.scheduler.conftest import Client, FakePredictor, StartScheduler, counters_match_items
+from tests.scheduler.conftest import Client, FakePredictor, StartPair, StartScheduler, counters_match_items
 
 LANE = "replicate:create"
 
@@ -98,12 +98,11 @@ async def test_a_hand_back_costs_no_attempt(scheduler: SchedulerApp, client: Cli
 
 
 async def test_a_watcher_on_one_replica_sees_what_another_changed(
-    start_scheduler: StartScheduler, monkeypatch: pytest.MonkeyPatch
+    replica_pair: StartPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only the NOTIFY from the replica that changed the items can wake the watcher in time.
     monkeypatch.setattr(events, "SAFETY_SECONDS", 3600.0)
-    a, b = await start_scheduler(), await start_scheduler()
-    ca, cb = Client(a), Client(b)
+    ca, cb = await replica_pair()
     predictor = FakePredictor(cb)
     try:
         await ca.tenant("t")
@@ -123,23 +122,20 @@ async def test_a_watcher_on_one_replica_sees_what_another_changed(
         assert len(done) == 3
     finally:
         await predictor.close()
-        await ca.close()
-        await cb.close()
 
 
 async def test_a_cut_notification_connection_is_restored(
-    start_scheduler: StartScheduler, monkeypatch: pytest.MonkeyPatch, database_url: str
+    replica_pair: StartPair, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
     monkeypatch.setattr(dispatcher, "RESYNC_SECONDS", 3600.0)
-    a, b = await start_scheduler(), await start_scheduler()
-    ca, cb = Client(a), Client(b)
+    ca, cb = await replica_pair()
     predictor = FakePredictor(ca)
     restored = asyncio.Event()
-    a.notices.on_reconnect(restored.set)
+    ca.app.notices.on_reconnect(restored.set)
     admin = await asyncpg.connect(database_url)
     try:
         await cb.tenant("t")
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", a.notices.server_pid())
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", ca.app.notices.server_pid())
         async with asyncio.timeout(10):
             await restored.wait()
         # A submit on B reaches A only by NOTIFY (no resync runs during the test).
@@ -149,5 +145,3 @@ async def test_a_cut_notification_connection_is_restored(
     finally:
         await admin.close()
         await predictor.close()
-        await ca.close()
-        await cb.close()
