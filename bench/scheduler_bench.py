@@ -285,6 +285,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.report:
         results = json.loads(Path(args.report).read_text())
+        for key in ("pick", "claim"):  # JSON turned the tenant counts into strings
+            results[key] = {int(k): v for k, v in results[key].items()}
         plot(results)
         write_section("Scheduler", report(results))
         return

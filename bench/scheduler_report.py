@@ -155,7 +155,25 @@ def _latency(results: dict[str, Any]) -> list[str]:
             lines.append(f"| {r['backlog']:,} | {int(tenants):,} | {r['batch']} | {r['rounds']} | "
                          f"{r['pick']['median_ms']:.2f} | "
                          f"{r['claim']['median_ms']:.2f} | {r['claim']['p99_ms']:.2f} | **{total:.2f}** |")
-    lines += ["", "![decision latency](img/scheduler_decision_latency.png)", ""]
+    picks = [r["median_ms"] for rows in results["pick"].values() for r in rows]
+    lines += ["", f"Reading it: the fair pick, the decision itself, stays under {max(picks):.1f} ms (median) at "
+              f"every size, flat: it holds counts per tenant, never items. Pick + claim (medians, smallest to "
+              "largest backlog):", ""]
+    for tenants, rows in results["claim"].items():
+        for batch in sorted({r["batch"] for r in rows}, reverse=True):
+            totals = [r["pick"]["median_ms"] + r["claim"]["median_ms"] for r in rows if r["batch"] == batch]
+            verdict = "under" if max(totals) < TARGET_MS else "over"
+            lines.append(f"- {int(tenants):,} tenants, batch {batch}: "
+                         + " -> ".join(f"{t:.1f}" for t in totals) + f" ms, {verdict} {TARGET_MS:g} ms")
+    lines += ["", "Nothing in the claim scans the backlog: a tenant's next job is one index probe and a job hands "
+              "out a range of its items by moving its cursor. What a claim costs is one lease row per item and, "
+              "per tenant it serves, a cursor row locked and moved or deleted. A batch of 256 from 10 tenants "
+              "takes the same at every backlog; a batch that spans 256 tenants (10,000 tenants, one item each) "
+              "costs 50-100 µs per tenant served on this machine, the least at the smallest backlog (where "
+              "every job holds a single item and its claim deletes the cursor). A batch is never larger than "
+              "the predictors' free slots: the 5 ms target holds for the pick at any size, and for pick + claim "
+              "when a batch serves a few dozen tenants at most, not for 256 tenants at once.", "",
+              "![decision latency](img/scheduler_decision_latency.png)", ""]
     return lines
 
 

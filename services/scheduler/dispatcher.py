@@ -265,19 +265,25 @@ class Dispatcher:
                 asyncio.get_running_loop().call_later(retry, self.wake)
 
     def _until_budget(self) -> float | None:
-        """Seconds until the first lane with backlog that waits for budget may go again."""
+        """Seconds until the first lane with backlog that waits for budget may go again (0 if
+        its wait is already over: the ratelimiter's advice can be microseconds, and end
+        before the loop gets here)."""
         now = time.monotonic()
-        waits = [until - now for name, until in self._blocked_until.items()
-                 if until > now and self.lanes[name].backlog_total > 0]
-        return min(waits) if waits else None
+        waits = [until - now for name, until in self._blocked_until.items() if self.lanes[name].backlog_total > 0]
+        return max(0.0, min(waits)) if waits else None
 
     def _ready_lanes(self) -> list[str]:
         now = time.monotonic()
         accepting = self.workers.providers_with_slots()
         ready = []
         for name, shares in self.lanes.items():
-            if shares.backlog_total <= 0 or self._blocked_until.get(name, 0.0) > now:
+            if shares.backlog_total <= 0:
                 continue
+            until = self._blocked_until.get(name)
+            if until is not None:
+                if until > now:
+                    continue
+                del self._blocked_until[name]  # its wait is over: this round tries it
             if accepting is not None and provider_of(name) not in accepting:
                 continue
             ready.append(name)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from types import SimpleNamespace
+from typing import Any
 
 import asyncpg
 import pytest
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
+from services.ratelimiter.client import Acquired
 from services.scheduler import dispatcher
 from services.scheduler.server import SchedulerApp
 from tests.scheduler.conftest import Client, FakePredictor, StartPair, StartScheduler, counters_match_items
@@ -90,6 +93,34 @@ async def test_the_end_of_a_budget_wait_resumes_dispatch(
     monkeypatch.setattr(dispatcher, "time", SimpleNamespace(monotonic=lambda: real() * 0.98,
                                                             perf_counter=time.perf_counter))
     client = Client(await start_scheduler())
+    predictor = FakePredictor(client)
+    try:
+        await client.tenant("t")
+        await client.submit("t", 61, provider="openai", model="paced-model")
+        predictor.ready(100)
+        await predictor.take(60)  # the budget's burst; then one grant a second
+        await predictor.take(1, timeout_s=5)
+    finally:
+        await predictor.close()
+        await client.close()
+
+
+async def test_a_budget_wait_of_microseconds_resumes_dispatch(
+    start_scheduler: StartScheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ratelimiter's advice can be a few microseconds: the wait is over before the loop
+    decides how long to sleep, and it must not then sleep until some other event."""
+    monkeypatch.setattr(dispatcher, "RESYNC_SECONDS", 3600.0)
+    app = await start_scheduler()
+    budgets = app.dispatcher._budgets
+    real_acquire = budgets.acquire
+
+    async def acquire(*args: Any, **kwargs: Any) -> Acquired:
+        got = await real_acquire(*args, **kwargs)
+        return got if got.grants else dataclasses.replace(got, retry_after_s=1e-6)
+
+    monkeypatch.setattr(budgets, "acquire", acquire)
+    client = Client(app)
     predictor = FakePredictor(client)
     try:
         await client.tenant("t")
