@@ -124,7 +124,9 @@ def _throughput(results: dict[str, Any]) -> list[str]:
         "those jobs' cursor rows (a claim holds them until it commits), where pgqueuer's workers skip "
         "each other's rows: that, not the statements, is what the 4-worker, batch-32 row measures. In "
         "the service one dispatcher per lane and replica claims, so claims of one replica never wait on "
-        "one another.", "", "![throughput](img/scheduler_throughput.png)", "",
+        "one another. What the two systems write differs too: pgqueuer's `log_jobs` deletes the job and "
+        "logs its status, where a completion here stores the item's output and usage, charges its credit "
+        "and keeps the job's and the queue's counts.", "", "![throughput](img/scheduler_throughput.png)", "",
     ]
     return lines
 
