@@ -119,12 +119,13 @@ class Dispatcher:
         self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
 
     async def stop(self) -> None:
-        for task in (self._task, self._resync_task):
+        for task in (self._task, self._resync_task, self._catching_up):
             if task is not None:
                 task.cancel()
 
     async def resync(self) -> None:
-        """Rebuild the index from the counters: O(lanes x tenants) rows, whatever the backlog."""
+        """Rebuild the index from the counters and the leases: O(lanes x tenants + items in
+        flight) rows, whatever the backlog."""
         async with self._resync_lock:
             # Submits heard while the counts are read may or may not be in them: they are
             # added again on top. Counting one twice costs a claim that comes back short
