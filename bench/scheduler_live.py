@@ -95,13 +95,8 @@ class InstantPredictor:
         self._have = asyncio.Event()
         self.arrivals: list[tuple[float, str]] = []
         self.count: dict[str, int] = defaultdict(int)
-        self.first: dict[str, asyncio.Future[float]] = {}
         self._nth: dict[tuple[str, int], asyncio.Future[float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-
-    def expect(self, tenant: str) -> asyncio.Future[float]:
-        """A future set to the arrival time of `tenant`'s first item."""
-        return self.first.setdefault(tenant, self.nth(tenant, 1))
 
     def nth(self, tenant: str, n: int) -> asyncio.Future[float]:
         """A future set to the arrival time of `tenant`'s n-th item."""
@@ -165,7 +160,7 @@ async def newcomer(server_dsn: str, redis_url: str, backlog: int = 1_000_000, sa
             await asyncio.sleep(2.0)  # the lane is busy with the big tenant's items
             from_submit, to_arrival = [], []
             for k in range(samples):
-                arrived = predictor.expect(f"new{k}")
+                arrived = predictor.nth(f"new{k}", 1)
                 sent = time.time()
                 job = await live.submit(f"new{k}", 1)
                 to_arrival.append(await asyncio.wait_for(arrived, 30) - sent)
@@ -199,7 +194,7 @@ async def skewed(server_dsn: str, redis_url: str, rate_per_s: int = 100, big: in
             for i in range(1, 10):
                 await asyncio.sleep(max(0.0, t0 + i * every_s - time.time()))
                 submitted[f"s{i}"] = time.time()
-                predictor.expect(f"s{i}")
+                predictor.nth(f"s{i}", 1)
                 accepted[f"s{i}"] = (await live.submit(f"s{i}", small)).id
             # Until the last small tenant is drained, and some more of the big one alone.
             await predictor.nth("s9", small)
@@ -209,7 +204,7 @@ async def skewed(server_dsn: str, redis_url: str, rate_per_s: int = 100, big: in
     series: dict[str, list[int]] = {t: [0] * seconds for t in weights}
     for at, tenant in predictor.arrivals:
         series[tenant][int(at - t0)] += 1
-    first = {t: (predictor.first[t].result() - submitted[t]) * 1e3 for t in predictor.first}
+    first = {t: (predictor.nth(t, 1).result() - at) * 1e3 for t, at in submitted.items() if t != "big"}
     sizes = {t: big if t == "big" else small for t in weights}
     return {"series": series, "weights": weights, "rate_per_s": rate_per_s, "submit_call_to_arrival_ms": first,
             "submit_to_lease_ms": {t: v * 1e3 for t, v in first_lease.items()},

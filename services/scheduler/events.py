@@ -40,7 +40,7 @@ class JobSignals:
     the other end, subscribed to `fairway_jobs`.
     """
 
-    def __init__(self, pool: asyncpg.Pool | None = None, replica: str = "") -> None:
+    def __init__(self, pool: asyncpg.Pool, replica: str) -> None:
         self._pool = pool
         self._replica = replica
         self._events: dict[str, set[asyncio.Event]] = {}
@@ -50,7 +50,7 @@ class JobSignals:
     def touch(self, job_ids: Iterable[str]) -> None:
         changed = set(job_ids)
         self._wake(changed)
-        if self._pool is None or not changed:
+        if not changed:
             return
         self._unannounced |= changed
         if self._announcer is None or self._announcer.done():
@@ -83,7 +83,6 @@ class JobSignals:
                 event.set()
 
     async def _announce(self) -> None:
-        assert self._pool is not None
         while self._unannounced:
             ids, self._unannounced = sorted(self._unannounced), set()
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
@@ -12,6 +13,7 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.scheduler import dispatcher, events
 from services.scheduler.server import SchedulerApp
+from services.scheduler.sql import QUERIES
 from tests.scheduler.conftest import Client, FakePredictor, StartPair, StartScheduler, counters_match_items
 
 LANE = "replicate:create"
@@ -145,3 +147,22 @@ async def test_a_cut_notification_connection_is_restored(
     finally:
         await admin.close()
         await predictor.close()
+
+
+async def test_a_submit_heard_during_a_resync_is_not_lost(
+    scheduler: SchedulerApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submit announced after the resync read the counts (so not in them) must still be in
+    the index when the resync is applied; otherwise it stays hidden until the next one."""
+    dispatch = scheduler.dispatcher
+    pool = scheduler.pool
+
+    async def fetch(query: str, *args: object) -> list[asyncpg.Record]:
+        rows = await pool.fetch(query, *args)
+        if query == QUERIES["queue_counts"]:
+            dispatch.heard_backlog(f"another-replica|{LANE}|late|3|0")
+        return list(rows)
+
+    monkeypatch.setattr(dispatch, "_pool", SimpleNamespace(fetch=fetch, fetchval=pool.fetchval))
+    await dispatch.resync()
+    assert dispatch.lanes[LANE].backlog("late") == 3
