@@ -4,7 +4,8 @@
     id: 17                 id: 18
     data: {...}            data: {...}
 
-`Last-Event-ID` (the last `id` a client saw) resumes after that event. The stream ends
+`Last-Event-ID` (the last `id` a client saw) resumes: an `id` is the scheduler's resume
+point, so nothing after it is missed (the last few seconds may repeat). The stream ends
 after the job's terminal `job` event.
 """
 

@@ -1,8 +1,9 @@
-"""Job events: every item state change, in order, resumable by sequence number.
+"""Job events: every item state change, resumable by sequence number.
 
 Each change takes a number from one sequence (`change_seq` of the item row, or of the
 lease row when the item is dispatched), so a watcher reads "what changed in this job since
-N" from two indexes, and a client that reconnects with its last seen N misses nothing.
+N" from two indexes. Every event carries a resume point: a watch resumed after it misses
+no change, and may repeat those of the few seconds before (see `_Cursor`).
 
 Watchers wake when their job changes: at once for changes made by this replica, and by
 `NOTIFY fairway_jobs` for changes made by another. `SAFETY_SECONDS` only bounds the wait
@@ -27,9 +28,15 @@ log = get_logger(__name__)
 
 SAFETY_SECONDS = 5.0
 JOB_EVENT_SECONDS = 1.0
+# A change committed out of number order is delivered within LOOKBACK_SECONDS, provided
+# its statement ran for less than SETTLE_SECONDS (scheduler statements take milliseconds).
+LOOKBACK_SECONDS = 1.0
+SETTLE_SECONDS = 3.0
 _PAGE = 500
 # Job ids per notification: 200 x 37 characters stays under PostgreSQL's 8000-byte payload.
 _IDS_PER_NOTICE = 200
+# Changes a watcher remembers above its floor (a lookback re-reads at most these).
+_REMEMBERED = 5000
 
 
 class JobSignals:
@@ -94,6 +101,59 @@ class JobSignals:
                 log.warning("job changes not announced: %s", exc)
 
 
+class _Cursor:
+    """Where a watcher is in its job's changes, robust to commits out of number order.
+
+    A change takes its number when its statement runs and becomes visible when it commits,
+    so change N may appear after N+1 was read. Reading only past the highest number seen
+    would skip it; instead the numbers sent above `floor` are remembered, and every
+    `LOOKBACK_SECONDS` (and once the job is terminal) a read starts at `floor`. A number
+    read SETTLE_SECONDS before such a read had every lower change committed by then, so
+    the floor moves up to it. At most `_REMEMBERED` numbers are kept: the lowest go first,
+    as changes still uncommitted are the newest.
+    """
+
+    def __init__(self, after_seq: int) -> None:
+        self.floor = after_seq  # every change at or below was sent, or was before the watch
+        self.top = after_seq  # highest change sent
+        self._sent: dict[int, float] = {}  # changes above floor already sent -> when, in order
+        self._lookback: float | None = None  # when the current read from the floor began
+        self._looked_back = 0.0
+
+    def start(self, now: float, final: bool) -> int:
+        """Where the next read begins."""
+        if final or (self._sent and now - self._looked_back >= LOOKBACK_SECONDS):
+            self._lookback = self._looked_back = now
+            return self.floor
+        self._lookback = None
+        return self.top
+
+    def fresh(self, seq: int, now: float) -> bool:
+        """Whether change `seq` is news; it is remembered if so."""
+        if seq <= self.floor or seq in self._sent:
+            return False
+        self._sent[seq] = now
+        self.top = max(self.top, seq)
+        while len(self._sent) > _REMEMBERED:
+            self._forget()
+        return True
+
+    def settle(self) -> None:
+        """After a read: a read from the floor saw every change below those read long before."""
+        if self._lookback is not None:
+            while self._sent and self._lookback - next(iter(self._sent.values())) >= SETTLE_SECONDS:
+                self._forget()
+
+    def _forget(self) -> None:
+        seq = next(iter(self._sent))
+        del self._sent[seq]
+        self.floor = max(self.floor, seq)
+
+    @property
+    def unsettled(self) -> bool:
+        return bool(self._sent)
+
+
 async def watch(
     pool: asyncpg.Pool, jobs: Jobs, signals: JobSignals, tenant: str, job_id: str, after_seq: int
 ) -> AsyncIterator[pb.JobEvent]:
@@ -105,29 +165,38 @@ async def watch(
     loop = asyncio.get_running_loop()
     last_job_event = 0.0
     owed = False  # items changed since the last job event
-    seq = after_seq
+    cursor = _Cursor(after_seq)
     try:
         while True:
             wake.clear()
-            while True:
-                rows = await pool.fetch(QUERIES["items_changed_since"], key, seq, job.tenant, _PAGE)
-                for row in rows:
-                    seq = row["change_seq"]
-                    yield pb.JobEvent(seq=seq, item=render_item(row))
-                owed = owed or bool(rows)
-                if len(rows) < _PAGE:
-                    break
+            # The job is read before its items: a job seen terminal had every item change
+            # committed (the last one finishes the job in the same statement).
             job = await jobs.get(tenant, job_id)
             terminal = job.finished_at > 0
             now = loop.time()
+            after = cursor.start(now, final=terminal)
+            while True:
+                rows = await pool.fetch(QUERIES["items_changed_since"], key, after, job.tenant, _PAGE)
+                for row in rows:
+                    after = row["change_seq"]
+                    if cursor.fresh(after, now):
+                        owed = True
+                        yield pb.JobEvent(seq=cursor.floor, item=render_item(row))
+                if len(rows) < _PAGE:
+                    break
+            cursor.settle()
             if terminal or last_job_event == 0.0 or (owed and now - last_job_event >= JOB_EVENT_SECONDS):
                 last_job_event, owed = now, False
-                yield pb.JobEvent(seq=seq, job=job)
+                # Once terminal every change has committed and been read.
+                yield pb.JobEvent(seq=cursor.top if terminal else cursor.floor, job=job)
             if terminal:
                 return
-            # A job event is owed within JOB_EVENT_SECONDS of the last one.
+            # A job event is owed within JOB_EVENT_SECONDS of the last one; a change read
+            # recently is looked behind within LOOKBACK_SECONDS.
             timeout = JOB_EVENT_SECONDS - (now - last_job_event) if owed else SAFETY_SECONDS
+            if cursor.unsettled:
+                timeout = min(timeout, LOOKBACK_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout)
+                await asyncio.wait_for(wake.wait(), max(timeout, 0.0))
     finally:
         signals.unsubscribe(job.id, wake)

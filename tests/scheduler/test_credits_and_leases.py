@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 import grpc
@@ -176,6 +177,40 @@ async def test_watch_streams_item_and_job_events(client: Client, predictor: Fake
             last = event.job
     assert last is not None and last.status == pb.JOB_DONE
     assert {(ref, pb.DONE) for ref in ("r0", "r1")} <= set(statuses)
+
+
+async def test_watch_delivers_a_change_committed_out_of_number_order(
+    client: Client, predictor: FakePredictor, db: asyncpg.Connection
+) -> None:
+    await client.tenant("t")
+    job = await client.submit("t", 2)
+    stream = aiter(client.api.WatchJob(pb.WatchJobRequest(tenant="t", job_id=job.id)))
+
+    async def until(seen: Callable[[pb.JobEvent], bool]) -> pb.JobEvent:
+        async with asyncio.timeout(15):
+            while not seen(event := await anext(stream)):
+                pass
+            return event
+
+    predictor.ready(2)
+    first, second = await predictor.take(2)
+    # A change numbered first but committed last: its statement stalls before the commit.
+    slow = db.transaction()
+    await slow.start()
+    await db.execute(
+        "UPDATE items SET error = 'late', change_seq = nextval('item_changes') WHERE id = $1",
+        uuid.UUID(first.item_id),
+    )
+    await predictor.complete([second])
+    await until(lambda e: e.HasField("item") and e.item.id == second.item_id and e.item.status == pb.DONE)
+    await slow.commit()
+    late = await until(lambda e: e.HasField("item") and e.item.error == "late")
+    assert late.item.id == first.item_id
+    await predictor.complete([first])
+    done = await until(lambda e: e.HasField("job") and e.job.status == pb.JOB_DONE)
+    # Resuming after the last event replays nothing: once terminal, everything was read.
+    replay = [e async for e in client.api.WatchJob(pb.WatchJobRequest(tenant="t", job_id=job.id, after_seq=done.seq))]
+    assert [e.WhichOneof("event") for e in replay] == ["job"]
 
 
 async def test_queue_stats_per_tenant_and_lane(client: Client, predictor: FakePredictor) -> None:

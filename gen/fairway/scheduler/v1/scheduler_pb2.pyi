@@ -696,6 +696,9 @@ class JobEvent(_message.Message):
     ITEM_FIELD_NUMBER: _builtins.int
     JOB_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
+    """Resume point: a watch with `after_seq` = seq misses no later change (and may repeat
+    changes of the few seconds before, which were committed out of number order).
+    """
     @_builtins.property
     def item(self) -> Global___Item: ...
     @_builtins.property
