@@ -104,6 +104,7 @@ async def test_a_watcher_on_one_replica_sees_what_another_changed(
 ) -> None:
     # Only the NOTIFY from the replica that changed the items can wake the watcher in time.
     monkeypatch.setattr(events, "SAFETY_SECONDS", 3600.0)
+    monkeypatch.setattr(events, "LOOKBACK_SECONDS", 3600.0)
     ca, cb = await replica_pair()
     predictor = FakePredictor(cb)
     try:
