@@ -36,7 +36,7 @@ from bench.report import write_section
 from bench.scheduler_data import LANE, add_backlog, add_tenants, drop_db, fresh_db, index_from_db
 from bench.scheduler_report import plot, report
 from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
-from services.scheduler.dispatcher import claim
+from services.scheduler.claims import claim
 from services.scheduler.fairness import LaneShares
 from services.scheduler.migrations import migrate
 from services.scheduler.sql import QUERIES, SERVER_SETTINGS, create_pool

@@ -103,7 +103,7 @@ def _throughput(results: dict[str, Any]) -> list[str]:
         f"{tp[0]['items']:,} queued items over 10 tenants (one job each); 1 or 4 concurrent workers, each "
         "looping *lease a batch -> complete it*; the two systems alternate, "
         f"{len(tp[0]['runs'])} runs each, best run shown (all runs in parentheses). Fairway runs the "
-        "scheduler's own code: `dispatcher.claim` (`claim_items`: a fair split over the 10 tenants, job "
+        "scheduler's own code: `claims.claim` (`claim_items`: a fair split over the 10 tenants, job "
         "cursors advanced, one lease row per item, one statement) and `complete_items` (fenced by the lease, "
         "the item row written once, the job's and the (lane, tenant) counters, one statement); pgqueuer "
         "runs `dequeue` + `log_jobs` on the same server with the same batch size and number of workers.", "",
@@ -145,7 +145,7 @@ def _latency(results: dict[str, Any]) -> list[str]:
         cells = [f"{rows[i]['median_ms']:.3f} / {rows[i]['p99_ms']:.3f}" for rows in results["pick"].values()]
         lines.append(f"| {size:,} | " + " | ".join(cells) + " |")
     lines += [
-        "", "The same pick followed by the real claim (`dispatcher.claim`) on a table grown to each size; "
+        "", "The same pick followed by the real claim (`claims.claim`) on a table grown to each size; "
         "each claimed batch is completed (untimed) before the next, as predictors would; as many rounds "
         "as leave half the backlog in place (at most 60). Milliseconds:", "",
         "| backlog | tenants | batch | rounds | pick median | claim median | claim p99 | pick + claim median |",

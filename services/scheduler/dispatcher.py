@@ -28,6 +28,7 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 from services.common.logging import get_logger
 from services.ratelimiter.client import BudgetClient, GrantRef
 from services.ratelimiter.errors import BudgetUnavailable
+from services.scheduler.claims import claim
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.events import JobSignals
 from services.scheduler.fairness import LaneShares
@@ -53,31 +54,6 @@ _USAGE_EWMA = 0.02
 
 def provider_of(lane: str) -> str:
     return lane.split(":", 1)[0]
-
-
-async def claim(
-    conn: asyncpg.Connection, lane: str, picks: dict[str, int], worker: str, lease_seconds: float
-) -> list[asyncpg.Record]:
-    """Claim up to picks[tenant] ready items of each tenant in `lane`.
-
-    One statement for tenants without max_concurrency. Those with a cap come back deferred
-    and are claimed again in a transaction that first locks their counter rows by a
-    statement of its own: the claim that follows takes its snapshot after the lock was
-    granted, so it counts what a claim that held the lock before it put in flight.
-    """
-    rows = list(await conn.fetch(
-        QUERIES["claim_items"], lane, list(picks), list(picks.values()), worker, lease_seconds, False,
-    ))
-    deferred = [r["room_tenant"] for r in rows if r["deferred"]]
-    if not deferred:
-        return rows
-    rows = [r for r in rows if not r["deferred"]]
-    async with conn.transaction():
-        await conn.execute(QUERIES["lock_counts_for_claim"], deferred)
-        rows += await conn.fetch(
-            QUERIES["claim_items"], lane, deferred, [picks[t] for t in deferred], worker, lease_seconds, True,
-        )
-    return rows
 
 
 class Dispatcher:

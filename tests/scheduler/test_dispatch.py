@@ -14,7 +14,7 @@ import pytest
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.ratelimiter.client import Acquired
-from services.scheduler import dispatcher
+from services.scheduler import claims, dispatcher
 from services.scheduler.server import SchedulerApp
 from tests.scheduler.conftest import Client, FakePredictor, StartPair, StartScheduler, counters_match_items
 from tests.scheduler.test_fairness import jain
@@ -148,7 +148,7 @@ async def test_max_concurrency_holds_across_replicas(
     conns = [await asyncpg.connect(database_url) for _ in range(3)]
     try:
         claims = await asyncio.gather(*(
-            dispatcher.claim(conn, "replicate:create", {"capped": 5}, f"r{i}", 30.0) for i, conn in enumerate(conns)
+            claims.claim(conn, "replicate:create", {"capped": 5}, f"r{i}", 30.0) for i, conn in enumerate(conns)
         ))
         assert sum(1 for rows in claims for r in rows if r["id"] is not None) == 2
         await counters_match_items(conns[0])

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
-from services.scheduler import dispatcher, events
+from services.scheduler import claims, dispatcher, events
 from services.scheduler.server import SchedulerApp
 from services.scheduler.sql import QUERIES
 from tests.scheduler.conftest import Client, FakePredictor, StartPair, StartScheduler, counters_match_items
@@ -36,7 +36,7 @@ async def test_concurrent_claims_lease_every_item_exactly_once(
         rng = random.Random(seed)
         while len(leased) < total:
             picks = {t: rng.randint(1, 40) for t in sizes if rng.random() < 0.8}
-            rows = await dispatcher.claim(conn, LANE, picks, f"w{seed}", 30.0)
+            rows = await claims.claim(conn, LANE, picks, f"w{seed}", 30.0)
             leased.extend(r["id"] for r in rows if r["id"] is not None)
 
     try:
@@ -82,7 +82,7 @@ async def test_a_hand_back_costs_no_attempt(scheduler: SchedulerApp, client: Cli
     await client.tenant("t", credits=5)
     await client.submit("t", 1)
     async with scheduler.pool.acquire() as conn:
-        (row,) = await dispatcher.claim(conn, LANE, {"t": 1}, "gone", 30.0)
+        (row,) = await claims.claim(conn, LANE, {"t": 1}, "gone", 30.0)
     await scheduler.outcomes.hand_back([pb.LeaseRef(item_id=str(row["id"]), lease=row["lease"])])
     item = await db.fetchrow("SELECT status, attempts, error FROM items WHERE id = $1", row["id"])
     assert dict(item) == {"status": "PENDING", "attempts": 0, "error": "not delivered to a predictor"}
