@@ -147,10 +147,10 @@ async def test_max_concurrency_holds_across_replicas(
     # makes each see what the others took, so together they stay within the cap.
     conns = [await asyncpg.connect(database_url) for _ in range(3)]
     try:
-        claims = await asyncio.gather(*(
+        results = await asyncio.gather(*(
             claims.claim(conn, "replicate:create", {"capped": 5}, f"r{i}", 30.0) for i, conn in enumerate(conns)
         ))
-        assert sum(1 for rows in claims for r in rows if r["id"] is not None) == 2
+        assert sum(1 for rows in results for r in rows if r["id"] is not None) == 2
         await counters_match_items(conns[0])
     finally:
         for conn in conns:
