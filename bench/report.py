@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import platform
 import re
+import statistics
 from pathlib import Path
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -22,6 +23,14 @@ def machine() -> str:
     import os
 
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def spread_ms(seconds: list[float], tail: float = 0.99) -> dict[str, float]:
+    """Median, a tail percentile and the maximum of durations in seconds, in ms:
+    `{"median_ms", "p99_ms", "max_ms"}` for tail 0.99."""
+    ordered = sorted(seconds)
+    return {"median_ms": statistics.median(ordered) * 1e3,
+            f"p{round(tail * 100)}_ms": ordered[int(len(ordered) * tail)] * 1e3, "max_ms": ordered[-1] * 1e3}
 
 
 def write_section(title: str, body: str, path: Path = REPORT) -> None:

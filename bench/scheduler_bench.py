@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import tempfile
 import time
 import uuid
@@ -32,7 +31,7 @@ from typing import Any
 import asyncpg
 
 from bench import scheduler_live
-from bench.report import write_section
+from bench.report import spread_ms, write_section
 from bench.scheduler_data import LANE, add_backlog, add_tenants, drop_db, fresh_db, index_from_db
 from bench.scheduler_report import plot, report
 from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -167,13 +166,7 @@ def pick_latency(backlog: int, tenants: int, batch: int, rounds: int) -> dict[st
         times.append(time.perf_counter() - started)
         for tenant, n in picks.items():  # steady state: as many arrive as leave
             shares.add_backlog(tenant, n)
-    return _stats(times)
-
-
-def _stats(times: list[float]) -> dict[str, float]:
-    times = sorted(times)
-    return {"median_ms": statistics.median(times) * 1e3, "p99_ms": times[int(len(times) * 0.99)] * 1e3,
-            "max_ms": times[-1] * 1e3}
+    return spread_ms(times)
 
 
 async def claim_latency(
@@ -215,8 +208,8 @@ async def claim_latency(
                     claims_t.append(claimed - picked)
                     await conn.fetch(QUERIES["complete_items"], [r["id"] for r in leased], [r["lease"] for r in leased],
                                      ["{}"] * len(leased), [None] * len(leased))
-                row = {"backlog": have, "tenants": tenants, "batch": batch, "pick": _stats(picks_t),
-                       "claim": _stats(claims_t), "rounds": len(claims_t), "load_s": grow_s}
+                row = {"backlog": have, "tenants": tenants, "batch": batch, "pick": spread_ms(picks_t),
+                       "claim": spread_ms(claims_t), "rounds": len(claims_t), "load_s": grow_s}
                 out.append(row)
                 print(f"  claim backlog={have:8d} tenants={tenants:6d} batch={batch:3d}: pick "
                       f"{row['pick']['median_ms']:.2f} ms, claim {row['claim']['median_ms']:.2f} ms (median)",

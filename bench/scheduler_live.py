@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 import uuid
@@ -30,9 +29,11 @@ import yaml
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 from fairway.scheduler.v1 import scheduler_pb2_grpc
 
+from bench.report import spread_ms
 from bench.scheduler_data import add_backlog, drop_db, fresh_db
 from services.common.embedded import free_port
 from services.scheduler.migrations import migrate
+from tests.support.fairness import jain
 from tests.support.processes import ServiceProcess
 
 ROOMY = {"utilization": 1.0, "replicate": {"create_rpm": 60_000_000, "read_rpm": 60_000_000}}
@@ -139,7 +140,6 @@ class InstantPredictor:
             self._signals.put_nowait(pb.WorkerSignal(ready=len(batch)))
 
 
-
 async def newcomer(server_dsn: str, redis_url: str, backlog: int = 1_000_000, samples: int = 20) -> dict[str, Any]:
     """First dispatch of a newcomer behind another tenant's `backlog` items."""
     dsn = await fresh_db(server_dsn)
@@ -169,13 +169,7 @@ async def newcomer(server_dsn: str, redis_url: str, backlog: int = 1_000_000, sa
             window = [t for t, tenant in predictor.arrivals if tenant == "big"]
             rate = (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 else 0.0
     return {"backlog": backlog, "samples": samples, "load_s": load_s, "big_items_per_s": rate,
-            "submit_to_lease": _spread(from_submit), "submit_call_to_arrival": _spread(to_arrival)}
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    values = sorted(values)
-    return {"median_ms": statistics.median(values) * 1e3, "p90_ms": values[int(len(values) * 0.9)] * 1e3,
-            "max_ms": values[-1] * 1e3}
+            "submit_to_lease": spread_ms(from_submit, 0.9), "submit_call_to_arrival": spread_ms(to_arrival, 0.9)}
 
 
 async def skewed(server_dsn: str, redis_url: str, rate_per_s: int = 100, big: int = 50_000,
@@ -261,7 +255,7 @@ def _shares(arrivals: list[tuple[float, str]], submitted: dict[str, float], size
             windows.append({
                 "from_s": second, "to_s": end, "items": total,
                 "max_error": max(abs(got[t] / total / (weights[t] / wsum) - 1) for t in active),
-                "jain": sum(ratios) ** 2 / (len(ratios) * sum(r * r for r in ratios)),
+                "jain": jain(ratios),
                 "tenants": {t: {"got": got[t], "share": got[t] / total, "weight_share": weights[t] / wsum}
                             for t in sorted(active)},
             })

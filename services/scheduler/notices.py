@@ -8,7 +8,7 @@ and the `on_reconnect` callbacks run for each listener to catch up on what it mi
 
     notices = Notices(database_url)
     notices.subscribe("fairway_backlog", dispatcher.heard_backlog)
-    notices.on_reconnect(dispatcher.wake_resync)
+    notices.on_reconnect(dispatcher.catch_up)
     await notices.start()
 """
 

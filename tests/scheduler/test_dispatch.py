@@ -17,7 +17,7 @@ from services.ratelimiter.client import Acquired
 from services.scheduler import claims, dispatcher
 from services.scheduler.server import SchedulerApp
 from tests.scheduler.conftest import Client, FakePredictor, StartPair, StartScheduler, counters_match_items
-from tests.scheduler.test_fairness import jain
+from tests.support.fairness import jain
 
 
 async def test_weighted_shares_while_all_are_backlogged(client: Client, predictor: FakePredictor) -> None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import random
 
 from services.scheduler.fairness import LaneShares
-
-
-def jain(values: list[float]) -> float:
-    return sum(values) ** 2 / (len(values) * sum(v * v for v in values))
+from tests.support.fairness import jain
 
 
 def _unlimited(_tenant: str) -> int:
