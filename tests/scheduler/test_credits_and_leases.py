@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import grpc
 import pytest
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
+from services.scheduler import servicer
+from services.scheduler.sql import QUERIES
 from tests.scheduler.conftest import (
     Client,
     FakePredictor,
@@ -177,6 +180,40 @@ async def test_watch_streams_item_and_job_events(client: Client, predictor: Fake
             last = event.job
     assert last is not None and last.status == pb.JOB_DONE
     assert {(ref, pb.DONE) for ref in ("r0", "r1")} <= set(statuses)
+
+
+async def test_watch_sends_the_last_changes_of_a_job_that_finishes_between_its_reads(
+    client: Client, predictor: FakePredictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await client.tenant("t")
+    job = await client.submit("t", 2)
+    predictor.ready(2)
+    taken = await predictor.take(2)
+    armed = True
+
+    class FinishingPool:
+        """The watcher's pool: the job finishes right after the watcher first reads its items."""
+
+        def __init__(self, pool: asyncpg.Pool) -> None:
+            self._pool = pool
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._pool, name)
+
+        async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+            nonlocal armed
+            rows = await self._pool.fetch(query, *args)
+            if armed and query == QUERIES["items_changed_since"]:
+                armed = False
+                await predictor.complete(taken)
+            return list(rows)
+
+    real_watch = servicer.watch
+    monkeypatch.setattr(servicer, "watch", lambda pool, *rest: real_watch(FinishingPool(pool), *rest))
+    events = [e async for e in client.api.WatchJob(pb.WatchJobRequest(tenant="t", job_id=job.id))]
+    assert not armed
+    assert events[-1].job.status == pb.JOB_DONE
+    assert {(e.item.ref, e.item.status) for e in events if e.HasField("item")} >= {("r0", pb.DONE), ("r1", pb.DONE)}
 
 
 async def test_watch_delivers_a_change_committed_out_of_number_order(
