@@ -20,7 +20,8 @@ import json
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
@@ -82,7 +83,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
-        self._catching_up: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # catch-up resyncs, policy reloads
         self._resync_lock = asyncio.Lock()
         self._arrived: list[tuple[str, str, int]] | None = None  # adds heard during a resync
         self.on_hand_back: Callable[[list[pb.LeaseRef]], Awaitable[None]] | None = None
@@ -95,9 +96,10 @@ class Dispatcher:
         self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
 
     async def stop(self) -> None:
-        for task in (self._task, self._resync_task, self._catching_up):
-            if task is not None:
-                task.cancel()
+        tasks = [t for t in (self._task, self._resync_task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def resync(self) -> None:
         """Rebuild the index from the counters and the leases: O(lanes x tenants + items in
@@ -144,7 +146,7 @@ class Dispatcher:
 
     def catch_up(self) -> None:
         """Notices may have been lost (the notification connection was down): resync now."""
-        self._catching_up = asyncio.get_running_loop().create_task(self._resync_logged())
+        self._in_background(self._resync_logged())
 
     # ---- signals from the rest of the scheduler ----
 
@@ -211,14 +213,20 @@ class Dispatcher:
 
     def heard_tenant(self, payload: str) -> None:
         """`fairway_tenants`: a tenant was created or its policy changed."""
-        task = asyncio.get_running_loop().create_task(self._tenants.refresh(payload))
-        task.add_done_callback(self._refreshed)
+        self._in_background(self._tenants.refresh(payload)).add_done_callback(self._refreshed)
 
     def _refreshed(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             # The periodic resync reloads every policy; until then the old one applies.
             log.warning("tenant policy reload failed: %s", task.exception())
         self.wake()
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task `stop` cancels with the rest (the loop keeps only weak references)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     # ---- the dispatch loop ----
 

@@ -167,3 +167,17 @@ async def test_a_submit_heard_during_a_resync_is_not_lost(
     monkeypatch.setattr(dispatch, "_pool", SimpleNamespace(fetch=fetch, fetchval=pool.fetchval))
     await dispatch.resync()
     assert dispatch.lanes[LANE].backlog("late") == 3
+
+
+async def test_stop_ends_every_catch_up_resync(scheduler: SchedulerApp) -> None:
+    # Several reconnects of the notice connection in a row: their catch-up resyncs queue
+    # behind the one running (here: behind the held lock). Stopping must end them all.
+    d = scheduler.dispatcher
+    async with d._resync_lock:
+        d.catch_up()
+        d.catch_up()
+        catching_up = [t for t in asyncio.all_tasks()
+                       if getattr(t.get_coro(), "__qualname__", "") == "Dispatcher._resync_logged"]
+        assert len(catching_up) == 2
+        await d.stop()
+        assert all(t.done() for t in catching_up)
