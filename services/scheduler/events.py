@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Iterable
 
 import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.common.logging import get_logger
-from services.scheduler.jobs import Jobs, render_item
+from services.scheduler.jobs import Jobs, parse_id, render_item
 from services.scheduler.sql import QUERIES
 
 log = get_logger(__name__)
@@ -159,9 +158,9 @@ async def watch(
 ) -> AsyncIterator[pb.JobEvent]:
     """Item events since `after_seq`, a job event at least every second while things
     change, and a final job event when the job is terminal."""
-    job = await jobs.get(tenant, job_id)  # 404 unless visible to the caller
-    key = uuid.UUID(job.id)
-    wake = signals.subscribe(job.id)
+    key = parse_id(job_id, "job")
+    # Subscribed before the first read, so no change after that read goes unheard.
+    wake = signals.subscribe(str(key))
     loop = asyncio.get_running_loop()
     last_job_event = 0.0
     owed = False  # items changed since the last job event
@@ -170,7 +169,8 @@ async def watch(
         while True:
             wake.clear()
             # The job is read before its items: a job seen terminal had every item change
-            # committed (the last one finishes the job in the same statement).
+            # committed (the last one finishes the job in the same statement). The first
+            # read is also the check that the caller may see the job (NotFound otherwise).
             job = await jobs.get(tenant, job_id)
             terminal = job.finished_at > 0
             now = loop.time()
@@ -199,4 +199,4 @@ async def watch(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), max(timeout, 0.0))
     finally:
-        signals.unsubscribe(job.id, wake)
+        signals.unsubscribe(str(key), wake)

@@ -34,7 +34,8 @@ def _ts(value: datetime | None) -> float:
     return value.timestamp() if value else 0.0
 
 
-def _uuid(value: str, what: str) -> uuid.UUID:
+def parse_id(value: str, what: str) -> uuid.UUID:
+    """An id from a request; one that is not a UUID names nothing (NotFound)."""
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -177,7 +178,7 @@ class Jobs:
         return await self.get(req.tenant, str(job_id))
 
     async def get(self, tenant: str, job_id: str) -> pb.Job:
-        row = await self._pool.fetchrow(QUERIES["get_job"], _uuid(job_id, "job"), tenant)
+        row = await self._pool.fetchrow(QUERIES["get_job"], parse_id(job_id, "job"), tenant)
         if row is None:
             raise NotFound(f"job {job_id!r} does not exist")
         return render_job(row)

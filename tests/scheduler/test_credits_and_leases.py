@@ -182,6 +182,16 @@ async def test_watch_streams_item_and_job_events(client: Client, predictor: Fake
     assert {(ref, pb.DONE) for ref in ("r0", "r1")} <= set(statuses)
 
 
+async def test_watch_of_a_job_the_caller_cannot_see_is_not_found(client: Client) -> None:
+    await client.tenant("t")
+    await client.tenant("u")
+    job = await client.submit("t", 1)
+    for tenant, job_id in (("u", job.id), ("t", str(uuid.uuid4())), ("t", "not-a-job")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            _ = [e async for e in client.api.WatchJob(pb.WatchJobRequest(tenant=tenant, job_id=job_id))]
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, (tenant, job_id)
+
+
 async def test_watch_sends_the_last_changes_of_a_job_that_finishes_between_its_reads(
     client: Client, predictor: FakePredictor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
