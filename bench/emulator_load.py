@@ -76,7 +76,9 @@ async def _connection(port: int, deadline: float, offset: int, counts: Counter[s
     writer.close()
 
 
-def _worker(port: int, seconds: float, connections: int, index: int, results: multiprocessing.Queue[object]) -> None:
+def _worker(
+    port: int, seconds: float, connections: int, index: int, results: multiprocessing.Queue[dict[str, int]]
+) -> None:
     import uvloop
 
     async def main() -> Counter[str]:
@@ -109,7 +111,7 @@ def run(
         try:
             _wait_ready(f"http://127.0.0.1:{port}/_emulator/health")
             context = multiprocessing.get_context("spawn")
-            results: multiprocessing.Queue[object] = context.Queue()
+            results: multiprocessing.Queue[dict[str, int]] = context.Queue()
             per_worker = max(1, connections // workers)
             procs = [
                 context.Process(target=_worker, args=(port, seconds, per_worker, i, results)) for i in range(workers)
@@ -120,7 +122,7 @@ def run(
                 proc.start()
             counts: Counter[str] = Counter()
             for _ in procs:
-                counts.update(results.get())  # type: ignore[arg-type]
+                counts.update(results.get())
             elapsed = time.monotonic() - started
             server_cpu = _cpu_seconds(server.pid) - cpu_before
             for proc in procs:

@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from bench.report import percentile
 from services.common.embedded import EmbeddedRedis, free_port
 from services.common.limits import Limits
 from services.ratelimiter.client import BudgetClient
@@ -78,11 +79,6 @@ Before and after group commit, the acquire lane and hiredis (one replica, load a
 | single Acquires/s, 32 callers | 1,070-1,221 | 1,495-1,523 |
 | in-process CPU per Acquire (no gRPC), 1 / 16 callers | 281-411 / 270-374 us | 91-173 / 25-73 us |
 """
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0 if ordered else float("nan")
 
 
 async def open_loop(call: Callable[[], Awaitable[int]], rate: float, seconds: float) -> dict[str, Any]:
@@ -142,8 +138,8 @@ def _summary(latencies: list[float], grants: int, errors: int, elapsed: float) -
     return {
         "calls_per_s": len(latencies) / elapsed,
         "grants_per_s": grants / elapsed,
-        "p50_ms": _pct(worst, 0.5),
-        "p99_ms": _pct(worst, 0.99),
+        "p50_ms": percentile(worst, 0.5) * 1e3,
+        "p99_ms": percentile(worst, 0.99) * 1e3,
         "errors": errors,
         "latencies": latencies,
     }
@@ -225,8 +221,8 @@ def drive(
     return {
         "calls_per_s": sum(p["calls_per_s"] for p in parts),
         "grants_per_s": sum(p["grants_per_s"] for p in parts),
-        "p50_ms": _pct(worst, 0.5),
-        "p99_ms": _pct(worst, 0.99),
+        "p50_ms": percentile(worst, 0.5) * 1e3,
+        "p99_ms": percentile(worst, 0.99) * 1e3,
         "errors": errors,
         "server_cpu_ms_per_call": 1000.0 * cpu / calls if calls else float("nan"),
         "load_avg": os.getloadavg()[0],
@@ -298,7 +294,7 @@ async def micro_redis(redis_url: str, seconds: float) -> dict[str, dict[str, flo
     }
     for r in results.values():
         r.pop("latencies")
-    await raw.aclose()
+    await raw.aclose()  # type: ignore[attr-defined]  # stubs predate redis 5
     return results
 
 

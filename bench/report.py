@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import re
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -25,12 +27,19 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def percentile(values: Iterable[float], q: float) -> float:
+    """The value `q` (0 to 1) of the way up the sorted values, in their unit: the one at index
+    int(q * n), the largest for q >= 1; NaN if there are none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else math.nan
+
+
 def spread_ms(seconds: list[float], tail: float = 0.99) -> dict[str, float]:
     """Median, a tail percentile and the maximum of durations in seconds, in ms:
     `{"median_ms", "p99_ms", "max_ms"}` for tail 0.99."""
     ordered = sorted(seconds)
     return {"median_ms": statistics.median(ordered) * 1e3,
-            f"p{round(tail * 100)}_ms": ordered[int(len(ordered) * tail)] * 1e3, "max_ms": ordered[-1] * 1e3}
+            f"p{round(tail * 100)}_ms": percentile(ordered, tail) * 1e3, "max_ms": ordered[-1] * 1e3}
 
 
 def write_section(title: str, body: str, path: Path = REPORT) -> None:

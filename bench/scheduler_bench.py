@@ -178,7 +178,7 @@ async def claim_latency(
     predictors would hold and the items table sees the writes of completions too."""
     dsn = await fresh_db(server)
     conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         await migrate(conn)
         await add_tenants(conn, tenants)
@@ -208,11 +208,11 @@ async def claim_latency(
                     claims_t.append(claimed - picked)
                     await conn.fetch(QUERIES["complete_items"], [r["id"] for r in leased], [r["lease"] for r in leased],
                                      ["{}"] * len(leased), [None] * len(leased))
-                row = {"backlog": have, "tenants": tenants, "batch": batch, "pick": spread_ms(picks_t),
-                       "claim": spread_ms(claims_t), "rounds": len(claims_t), "load_s": grow_s}
-                out.append(row)
+                pick_spread, claim_spread = spread_ms(picks_t), spread_ms(claims_t)
+                out.append({"backlog": have, "tenants": tenants, "batch": batch, "pick": pick_spread,
+                            "claim": claim_spread, "rounds": len(claims_t), "load_s": grow_s})
                 print(f"  claim backlog={have:8d} tenants={tenants:6d} batch={batch:3d}: pick "
-                      f"{row['pick']['median_ms']:.2f} ms, claim {row['claim']['median_ms']:.2f} ms (median)",
+                      f"{pick_spread['median_ms']:.2f} ms, claim {claim_spread['median_ms']:.2f} ms (median)",
                       flush=True)
             have = int(await conn.fetchval("SELECT sum(unfinished) FROM queue_counts"))
     finally:

@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -72,7 +73,9 @@ class LiveScheduler:
         self.dispatch = scheduler_pb2_grpc.DispatchStub(self.channel)
         return self
 
-    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None):
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.channel.close()
         for process in reversed(self.processes):
             process.stop()
@@ -81,8 +84,9 @@ class LiveScheduler:
 
     async def submit(self, tenant: str, n: int) -> pb.Job:
         items = [pb.ItemInput(ref=f"r{i}", input_json=json.dumps({"prompt": "a cat"})) for i in range(n)]
-        return await self.api.SubmitJob(pb.SubmitJobRequest(tenant=tenant, provider="replicate",
-                                                            model="acme/fast", items=items))
+        job: pb.Job = await self.api.SubmitJob(pb.SubmitJobRequest(tenant=tenant, provider="replicate",
+                                                                   model="acme/fast", items=items))
+        return job
 
 
 class InstantPredictor:
@@ -113,7 +117,7 @@ class InstantPredictor:
         for task in self._tasks:
             task.cancel()
 
-    async def _outgoing(self) -> Any:
+    async def _outgoing(self) -> AsyncIterator[pb.WorkerSignal]:
         while True:
             yield await self._signals.get()
 

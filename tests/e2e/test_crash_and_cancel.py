@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import asyncpg
 import pytest
@@ -28,7 +28,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_dsn: str, redis_url
         yield running
 
 
-def _wait_until(condition, what: str, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -57,9 +57,10 @@ def test_predictor_killed_mid_prediction_resumes_without_a_second_create(stack: 
     async def ledger() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(stack.database_url)  # type: ignore[attr-defined]
         try:
-            return await conn.fetch(
+            records: list[asyncpg.Record] = await conn.fetch(
                 "SELECT kind, count(*) AS n, sum(amount) AS total FROM credit_ledger "
                 "WHERE tenant_id = 'store-crash' GROUP BY kind ORDER BY kind")
+            return records
         finally:
             await conn.close()
 

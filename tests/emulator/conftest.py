@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ class Emulator:
         return self.url + "/v1"
 
 
-def _start(tmp: Path, limits: dict[str, object], **settings: object) -> Iterator[Emulator]:
+def _start(tmp: Path, limits: Mapping[str, object], **settings: object) -> Iterator[Emulator]:
     port = free_port()
     limits_path = tmp / "limits.yaml"
     limits_path.write_text(yaml.safe_dump(limits))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
-import replicate
+from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
 
 from tests.emulator.conftest import Emulator
@@ -21,7 +21,7 @@ def test_health_shows_settings_without_the_secret(emulator: Emulator) -> None:
 
 def test_stats_count_each_key_and_endpoint(strict_emulator: Emulator) -> None:
     key = f"r8_{uuid.uuid4().hex}"
-    c = replicate.Client(api_token=key, base_url=strict_emulator.url)
+    c = ReplicateClient(api_token=key, base_url=strict_emulator.url)
     outcomes = []
     for i in range(5):
         try:
@@ -66,8 +66,8 @@ def test_failed_predictions_follow_the_input(faulty_emulator: Emulator) -> None:
     key = f"r8_{uuid.uuid4().hex}"
 
     def run_all() -> list[str]:
-        c = replicate.Client(api_token=key, base_url=faulty_emulator.url)
-        statuses = []
+        c = ReplicateClient(api_token=key, base_url=faulty_emulator.url)
+        statuses: list[str] = []
         for i in range(8):
             while True:  # ride out the injected 5xx and resets; the create had no effect then
                 try:
@@ -86,7 +86,7 @@ def test_failed_predictions_follow_the_input(faulty_emulator: Emulator) -> None:
 
 def test_reset_forgets_predictions_and_budgets(strict_emulator: Emulator) -> None:
     key = f"r8_{uuid.uuid4().hex}"
-    c = replicate.Client(api_token=key, base_url=strict_emulator.url)
+    c = ReplicateClient(api_token=key, base_url=strict_emulator.url)
     prediction = c.models.predictions.create(model=MODEL, input={"x": 1})
     httpx.post(f"{strict_emulator.url}/_emulator/reset")
     assert httpx.get(f"{strict_emulator.url}/_emulator/stats").json()["keys"] == {}

@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 import pytest
-import replicate
+from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
 from replicate.webhook import Webhooks, WebhookSigningSecret
 from standardwebhooks import Webhook
@@ -17,8 +17,8 @@ from tests.emulator.receiver import WebhookReceiver
 MODEL = "google/nano-banana"
 
 
-def client(emulator: Emulator, token: str | None = None) -> replicate.Client:
-    return replicate.Client(api_token=token or f"r8_{uuid.uuid4().hex}", base_url=emulator.url)
+def client(emulator: Emulator, token: str | None = None) -> ReplicateClient:
+    return ReplicateClient(api_token=token or f"r8_{uuid.uuid4().hex}", base_url=emulator.url)
 
 
 def stats(emulator: Emulator, key: str) -> dict[str, dict[str, int]]:
@@ -29,12 +29,14 @@ def stats(emulator: Emulator, key: str) -> dict[str, dict[str, int]]:
 def test_create_get_and_wait(emulator: Emulator) -> None:
     c = client(emulator)
     created = c.models.predictions.create(model=MODEL, input={"prompt": "a lighthouse"})
-    assert created.status == "starting" and created.model == MODEL and created.version == "hidden"
+    # One tuple, not `status == "starting" and ...`: mypy would keep that narrowing past wait().
+    assert (created.status, created.model, created.version) == ("starting", MODEL, "hidden")
     assert created.urls is not None and created.urls["get"].endswith(f"/v1/predictions/{created.id}")
     created.wait()  # the SDK polls GET /v1/predictions/{id}
     assert created.status == "succeeded"
-    assert created.output.startswith("https://replicate.delivery/emulated/")
-    assert created.started_at and created.completed_at and created.metrics["predict_time"] > 0
+    assert isinstance(created.output, str) and created.output.startswith("https://replicate.delivery/emulated/")
+    assert created.started_at and created.completed_at
+    assert created.metrics is not None and created.metrics["predict_time"] > 0
     fetched = c.predictions.get(created.id)
     assert fetched.output == created.output
     waited = c.models.predictions.create(model=MODEL, input={"prompt": "a lighthouse"}, wait=True)
@@ -96,7 +98,7 @@ def test_missing_token_is_401(emulator: Emulator) -> None:
 
 def test_invalid_input_is_422(emulator: Emulator) -> None:
     with pytest.raises(ReplicateError) as caught:
-        client(emulator).predictions.create(version="abc", input=None)  # type: ignore[arg-type]
+        client(emulator).predictions.create(version="abc", input=None)
     assert caught.value.status == 422
 
 

@@ -94,7 +94,12 @@ class FakeScheduler(Recorder, scheduler_pb2_grpc.SchedulerServicer):
 
 
 class FakeRateLimiter(Recorder, ratelimiter_pb2_grpc.RateLimiterServicer):
+    Acquire = _unary("Acquire", ratelimiter_pb2.AcquireResponse())
+    Settle = _unary("Settle", ratelimiter_pb2.SettleResponse())
+    Release = _unary("Release", ratelimiter_pb2.ReleaseResponse())
+    ReportUpstream = _unary("ReportUpstream", ratelimiter_pb2.UpstreamReportResponse())
     GetStats = _unary("GetStats", ratelimiter_pb2.GetStatsResponse())
+    SetTenantCaps = _unary("SetTenantCaps", ratelimiter_pb2.TenantCapsResponse())
 
 
 class Fakes:

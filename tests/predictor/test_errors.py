@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import httpx
+import httpx2
 import openai
 import pytest
 from replicate.exceptions import ModelError, ReplicateError
@@ -61,10 +62,12 @@ def test_retry_after_prefers_milliseconds() -> None:
 
 
 def _openai_error(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> openai.APIStatusError:
-    request = httpx.Request("POST", "https://api.openai.com/v1/chat/completions")
-    response = httpx.Response(status, headers=headers or {}, request=request, json=body)
-    message = str(body.get("error", {}).get("message", "x"))  # type: ignore[union-attr]
-    return openai.APIStatusError(message, response=response, body=body["error"])
+    # The openai SDK speaks httpx2: its errors carry httpx2 responses, not httpx ones.
+    request = httpx2.Request("POST", "https://api.openai.com/v1/chat/completions")
+    response = httpx2.Response(status, headers=headers or {}, request=request, json=body)
+    error = body["error"]
+    message = str(error.get("message", "x")) if isinstance(error, dict) else "x"
+    return openai.APIStatusError(message, response=response, body=error)
 
 
 def test_openai_429_is_retryable_after_the_providers_hint() -> None:

@@ -11,9 +11,8 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 from services.predictor.reporting import Reporter
 
 
-class _Unavailable(grpc.aio.AioRpcError):
-    def __init__(self) -> None:
-        super().__init__(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+def _unavailable() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
 
 
 class FakeDispatch:
@@ -25,7 +24,7 @@ class FakeDispatch:
     async def Complete(self, request: pb.CompleteRequest, **_: float) -> pb.OutcomeResponse:
         if self._failures_first:
             self._failures_first -= 1
-            raise _Unavailable()
+            raise _unavailable()
         self.completes.append(request)
         return pb.OutcomeResponse(accepted=[c.lease.item_id for c in request.completions])
 

@@ -65,5 +65,5 @@ async def test_acquire_survives_a_dropped_connection_and_flushed_scripts(
         await admin.client_kill_filter(_type="normal", skipme=True)
         assert len((await parts.limiter.acquire("replicate:read", 1)).grant_ids) == 1
     finally:
-        await admin.aclose()
+        await admin.aclose()  # type: ignore[attr-defined]  # stubs predate redis 5
         await parts.store.aclose()

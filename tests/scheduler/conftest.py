@@ -9,7 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import grpc
@@ -21,6 +21,7 @@ from fairway.scheduler.v1 import scheduler_pb2_grpc
 from services.ratelimiter.config import RateLimiterConfig
 from services.ratelimiter.server import RateLimiterServer
 from services.ratelimiter.server import create_server as create_ratelimiter
+from services.scheduler import dispatcher
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.server import SchedulerApp, create_scheduler
 
@@ -99,7 +100,8 @@ class Client:
         self.dispatch = scheduler_pb2_grpc.DispatchStub(self.channel)
 
     async def tenant(self, tenant_id: str, **fields: Any) -> pb.Tenant:
-        return await self.api.CreateTenant(pb.CreateTenantRequest(id=tenant_id, **fields))
+        tenant: pb.Tenant = await self.api.CreateTenant(pb.CreateTenantRequest(id=tenant_id, **fields))
+        return tenant
 
     async def submit(
         self, tenant: str, n: int, *, provider: str = "replicate", model: str = "acme/fast",
@@ -110,10 +112,11 @@ class Client:
         else:
             body = {"prompt": "a cat"}
         items = [pb.ItemInput(ref=f"r{i}", input_json=json.dumps(body)) for i in range(n)]
-        return await self.api.SubmitJob(pb.SubmitJobRequest(
+        job: pb.Job = await self.api.SubmitJob(pb.SubmitJobRequest(
             tenant=tenant, provider=provider, model=model, priority=priority, items=items,
             idempotency_key=key, request_hash=key and f"hash-{n}",
         ))
+        return job
 
     async def close(self) -> None:
         await self.channel.close()
@@ -172,19 +175,21 @@ class FakePredictor:
             return [await self.received.get() for _ in range(n)]
 
     async def complete(self, assignments: list[pb.Assignment]) -> pb.OutcomeResponse:
-        return await self._client.dispatch.Complete(pb.CompleteRequest(completions=[
+        response: pb.OutcomeResponse = await self._client.dispatch.Complete(pb.CompleteRequest(completions=[
             pb.Completion(lease=pb.LeaseRef(item_id=a.item_id, lease=a.lease), output_json='{"ok": true}')
             for a in assignments
         ]))
+        return response
 
     async def fail(
         self, assignments: list[pb.Assignment], error: str, *, retryable: bool, retry_after_s: float = 0.0
     ) -> pb.OutcomeResponse:
-        return await self._client.dispatch.Fail(pb.FailRequest(failures=[
+        response: pb.OutcomeResponse = await self._client.dispatch.Fail(pb.FailRequest(failures=[
             pb.Failure(lease=pb.LeaseRef(item_id=a.item_id, lease=a.lease), error=error,
                        retryable=retryable, retry_after_s=retry_after_s)
             for a in assignments
         ]))
+        return response
 
     async def close(self) -> None:
         self._signals.put_nowait(None)
@@ -196,6 +201,25 @@ class FakePredictor:
 async def predictor(client: Client) -> AsyncIterator[FakePredictor]:
     p = FakePredictor(client)
     yield p
+    await p.close()
+
+
+class Replicas(NamedTuple):
+    a: Client
+    b: Client
+    predictor: FakePredictor  # on replica A
+
+
+@pytest.fixture
+async def replicas_without_resync(
+    replica_pair: StartPair, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Replicas]:
+    """Two replicas on one database with no periodic resync during the test (only a NOTIFY
+    tells one replica what the other changed), and a predictor on replica A."""
+    monkeypatch.setattr(dispatcher, "RESYNC_SECONDS", 3600.0)
+    a, b = await replica_pair()
+    p = FakePredictor(a)
+    yield Replicas(a, b, p)
     await p.close()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -13,6 +13,7 @@ import pytest
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.scheduler import servicer
+from services.scheduler.events import watch
 from services.scheduler.sql import QUERIES
 from tests.scheduler.conftest import (
     Client,
@@ -218,8 +219,7 @@ async def test_watch_sends_the_last_changes_of_a_job_that_finishes_between_its_r
                 await predictor.complete(taken)
             return list(rows)
 
-    real_watch = servicer.watch
-    monkeypatch.setattr(servicer, "watch", lambda pool, *rest: real_watch(FinishingPool(pool), *rest))
+    monkeypatch.setattr(servicer, "watch", lambda pool, *rest: watch(FinishingPool(pool), *rest))
     events = [e async for e in client.api.WatchJob(pb.WatchJobRequest(tenant="t", job_id=job.id))]
     assert not armed
     assert events[-1].job.status == pb.JOB_DONE
@@ -231,7 +231,7 @@ async def test_watch_delivers_a_change_committed_out_of_number_order(
 ) -> None:
     await client.tenant("t")
     job = await client.submit("t", 2)
-    stream = aiter(client.api.WatchJob(pb.WatchJobRequest(tenant="t", job_id=job.id)))
+    stream: AsyncIterator[pb.JobEvent] = aiter(client.api.WatchJob(pb.WatchJobRequest(tenant="t", job_id=job.id)))
 
     async def until(seen: Callable[[pb.JobEvent], bool]) -> pb.JobEvent:
         async with asyncio.timeout(15):

@@ -16,7 +16,7 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 from services.ratelimiter.client import Acquired
 from services.scheduler import claims, dispatcher
 from services.scheduler.server import SchedulerApp
-from tests.scheduler.conftest import Client, FakePredictor, StartPair, StartScheduler, counters_match_items
+from tests.scheduler.conftest import Client, FakePredictor, Replicas, StartScheduler, counters_match_items
 from tests.support.fairness import jain
 
 
@@ -51,23 +51,16 @@ async def test_a_newcomer_is_in_the_very_next_batch(client: Client, predictor: F
     assert [a.tenant for a in batch].count("new") == 1
 
 
-async def test_a_submit_on_another_replica_wakes_dispatch(
-    replica_pair: StartPair, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # No periodic resync during the test: only B's NOTIFY can tell A about the submit.
-    monkeypatch.setattr(dispatcher, "RESYNC_SECONDS", 3600.0)
-    ca, cb = await replica_pair()
-    predictor = FakePredictor(ca)
-    try:
-        await cb.tenant("big", max_concurrency=20)
-        await cb.tenant("new")
-        await cb.submit("big", 3000)
-        predictor.ready(40)
-        assert {x.tenant for x in await predictor.take(20)} == {"big"}  # big is at its cap
-        await cb.submit("new", 1)
-        assert (await predictor.take(1))[0].tenant == "new"
-    finally:
-        await predictor.close()
+async def test_a_submit_on_another_replica_wakes_dispatch(replicas_without_resync: Replicas) -> None:
+    # Only B's NOTIFY can tell A about the submit.
+    _, cb, predictor = replicas_without_resync
+    await cb.tenant("big", max_concurrency=20)
+    await cb.tenant("new")
+    await cb.submit("big", 3000)
+    predictor.ready(40)
+    assert {x.tenant for x in await predictor.take(20)} == {"big"}  # big is at its cap
+    await cb.submit("new", 1)
+    assert (await predictor.take(1))[0].tenant == "new"
 
 
 async def test_a_lane_without_budget_holds_up_no_other(client: Client, predictor: FakePredictor) -> None:

@@ -11,10 +11,17 @@ import asyncpg
 import pytest
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
-from services.scheduler import claims, dispatcher, events
+from services.scheduler import claims, events
 from services.scheduler.server import SchedulerApp
 from services.scheduler.sql import QUERIES
-from tests.scheduler.conftest import Client, FakePredictor, StartPair, StartScheduler, counters_match_items
+from tests.scheduler.conftest import (
+    Client,
+    FakePredictor,
+    Replicas,
+    StartPair,
+    StartScheduler,
+    counters_match_items,
+)
 
 LANE = "replicate:create"
 
@@ -128,11 +135,9 @@ async def test_a_watcher_on_one_replica_sees_what_another_changed(
 
 
 async def test_a_cut_notification_connection_is_restored(
-    replica_pair: StartPair, monkeypatch: pytest.MonkeyPatch, database_url: str
+    replicas_without_resync: Replicas, database_url: str
 ) -> None:
-    monkeypatch.setattr(dispatcher, "RESYNC_SECONDS", 3600.0)
-    ca, cb = await replica_pair()
-    predictor = FakePredictor(ca)
+    ca, cb, predictor = replicas_without_resync
     restored = asyncio.Event()
     ca.app.notices.on_reconnect(restored.set)
     admin = await asyncpg.connect(database_url)
@@ -147,7 +152,6 @@ async def test_a_cut_notification_connection_is_restored(
         assert {x.tenant for x in await predictor.take(2, timeout_s=10)} == {"t"}
     finally:
         await admin.close()
-        await predictor.close()
 
 
 async def test_a_submit_heard_during_a_resync_is_not_lost(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from services.scheduler.fairness import LaneShares
 from tests.support.fairness import jain
@@ -12,7 +13,9 @@ def _unlimited(_tenant: str) -> int:
     return 1 << 30
 
 
-def dispatch(lane: LaneShares, n: int, weights: dict[str, float], headroom=_unlimited) -> dict[str, int]:
+def dispatch(
+    lane: LaneShares, n: int, weights: dict[str, float], headroom: Callable[[str], int] = _unlimited
+) -> dict[str, int]:
     picks = lane.pick(n, lambda t: weights.get(t, 1.0), headroom)
     lane.commit(picks, lambda t: weights.get(t, 1.0))
     return picks
