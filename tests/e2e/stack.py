@@ -26,6 +26,7 @@ class E2EStack:
         predictor: dict[str, str] | None = None, time_scale: float = 1.0,
     ) -> None:
         self.workdir = workdir
+        self.database_url = database_url
         self.admin_key = "admin-" + secrets.token_hex(8)
         self.ports = {name: free_port() for name in ("emulator", "ratelimiter", "scheduler", "gateway")}
         self.emulator_url = f"http://127.0.0.1:{self.ports['emulator']}"

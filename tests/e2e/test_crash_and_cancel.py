@@ -24,7 +24,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_dsn: str, redis_url
         emulator={"FAIRWAY_EMULATOR_PREDICTION_SECONDS": "3", "FAIRWAY_EMULATOR_PREDICTION_SIGMA": "0.1"},
         scheduler={"FAIRWAY_LEASE_SECONDS": "2"},
     ) as running:
-        running.database_url = database_url  # type: ignore[attr-defined]
         yield running
 
 
@@ -55,7 +54,7 @@ def test_predictor_killed_mid_prediction_resumes_without_a_second_create(stack: 
     assert client.get("/v1/tenants/me").json()["credits"] == 50 - n
 
     async def ledger() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(stack.database_url)  # type: ignore[attr-defined]
+        conn = await asyncpg.connect(stack.database_url)
         try:
             records: list[asyncpg.Record] = await conn.fetch(
                 "SELECT kind, count(*) AS n, sum(amount) AS total FROM credit_ledger "

@@ -32,7 +32,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_dsn: str, redis_url
         scheduler={"FAIRWAY_LEASE_SECONDS": "3"},
         predictor={"FAIRWAY_PREDICTOR_GRACE": "0.5"},
     ) as running:
-        running.database_url = database_url  # type: ignore[attr-defined]
         yield running
 
 
@@ -113,7 +112,7 @@ def test_a_prediction_created_before_a_crash_is_adopted_not_created_again(stack:
     before = replicate_counts(stack)
 
     async def record_intents() -> None:
-        conn = await asyncpg.connect(stack.database_url)  # type: ignore[attr-defined]
+        conn = await asyncpg.connect(stack.database_url)
         try:
             await conn.execute(
                 "UPDATE items SET upstream_id = 'creating:' || id || ':' || $2::text WHERE job_id = $1",
