@@ -12,6 +12,7 @@ Micro (one replica, one Redis, everything on the same machine):
     has here;
   - Fairway Acquire, closed loop: single grants from 32 callers, batches of 100 from 8;
   - raw Redis INCR and throttled-py's GCRA on the same Redis, from this process.
+The load generator and the do-nothing server are bench/grpc_load.py.
 Soak: three replicas on one Redis, replicate:create at its published limit x utilization,
 many concurrent clients for longer than a minute; every rolling 60 s window is counted from
 the grant ids' Redis time.
@@ -25,19 +26,17 @@ import bisect
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.report import percentile
+from bench.grpc_load import CALL_TIMEOUT_S, closed_loop, drive, null_server, open_loop
 from services.common.embedded import EmbeddedRedis, free_port
 from services.common.limits import Limits
 from services.ratelimiter.client import BudgetClient
@@ -51,7 +50,7 @@ BATCH = 100
 UNLIMITED = {"utilization": 1.0, "replicate": {"create_rpm": 10**9, "read_rpm": 10**9}}
 
 # Why single acquires at 2,000/s miss 2 ms here, and what the hot path cost before group
-# commit, the acquire lane and hiredis (measured with this module's load generator, the old
+# commit, the acquire lane and hiredis (measured with bench/grpc_load.py's load generator, the old
 # and the new replica run alternately, twice each).
 NOTES = """\
 Where a single Acquire's time goes. A do-nothing grpc.aio server costs ~0.3-0.5 ms of CPU
@@ -81,154 +80,6 @@ Before and after group commit, the acquire lane and hiredis (one replica, load a
 """
 
 
-async def open_loop(call: Callable[[], Awaitable[int]], rate: float, seconds: float) -> dict[str, Any]:
-    """Start calls on a fixed schedule regardless of completions; latency from each call's
-    scheduled start to its answer, so a stall is charged to every call it delays."""
-    latencies: list[float] = []
-    grants = errors = 0
-    pending: set[asyncio.Task[None]] = set()
-
-    async def one(due: float) -> None:
-        nonlocal grants, errors
-        try:
-            got = await call()  # not `grants += await ...`: that reads `grants` before awaiting
-        except Exception:  # an overloaded path fails calls; count them, keep the schedule
-            errors += 1
-            return
-        latencies.append(time.perf_counter() - due)
-        grants += got
-
-    start = time.perf_counter()
-    sent = 0  # call k is due at start + k / rate
-    while (now := time.perf_counter()) - start < seconds:
-        for k in range(sent, int((now - start) * rate) + 1):
-            task = asyncio.create_task(one(start + k / rate))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            sent += 1
-        # Sleep until the next call is due: a shorter sleep spins, and a spinning load
-        # generator takes the CPU the server needs.
-        await asyncio.sleep(start + sent / rate - time.perf_counter())
-    await asyncio.gather(*pending)
-    return _summary(latencies, grants, errors, time.perf_counter() - start)
-
-
-async def closed_loop(call: Callable[[], Awaitable[int]], concurrency: int, seconds: float) -> dict[str, Any]:
-    """`concurrency` callers back to back: the most the path sustains."""
-    latencies: list[float] = []
-    grants = 0
-    until = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal grants
-        while time.perf_counter() < until:
-            t0 = time.perf_counter()
-            got = await call()
-            latencies.append(time.perf_counter() - t0)
-            grants += got
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return _summary(latencies, grants, 0, time.perf_counter() - start)
-
-
-def _summary(latencies: list[float], grants: int, errors: int, elapsed: float) -> dict[str, Any]:
-    # A failed call (timed out) counts as the slowest: leaving it out would flatter the tail.
-    worst = latencies + [math.inf] * errors
-    return {
-        "calls_per_s": len(latencies) / elapsed,
-        "grants_per_s": grants / elapsed,
-        "p50_ms": percentile(worst, 0.5) * 1e3,
-        "p99_ms": percentile(worst, 0.99) * 1e3,
-        "errors": errors,
-        "latencies": latencies,
-    }
-
-
-async def _load(address: str, rate: float, seconds: float, count: int, callers: int) -> dict[str, Any]:
-    """One load process: open loop at `rate`, or `callers` back to back when rate is 0."""
-    import grpc
-    from fairway.ratelimiter.v1 import ratelimiter_pb2, ratelimiter_pb2_grpc
-
-    channel = grpc.aio.insecure_channel(address)
-    stub = ratelimiter_pb2_grpc.RateLimiterStub(channel)
-    request = ratelimiter_pb2.AcquireRequest(budget="replicate:create", count=count)
-    await stub.Acquire(request)  # connect before the clock starts
-
-    async def one() -> int:
-        return len((await stub.Acquire(request, timeout=5.0)).grants)
-
-    result = await (open_loop(one, rate, seconds) if rate > 0 else closed_loop(one, callers, seconds))
-    await channel.close()
-    return result
-
-
-def _load_main(args: list[str]) -> int:
-    import uvloop
-
-    address, rate, seconds, count, callers, out = args
-    result = uvloop.run(_load(address, float(rate), float(seconds), int(count), int(callers)))
-    Path(out).write_text(json.dumps(result))
-    return 0
-
-
-def _null_main(port: str) -> int:
-    """A grpc.aio server whose Acquire does nothing: what gRPC alone costs per call."""
-    import grpc
-    import uvloop
-    from fairway.ratelimiter.v1 import ratelimiter_pb2, ratelimiter_pb2_grpc
-
-    class Null(ratelimiter_pb2_grpc.RateLimiterServicer):
-        async def Acquire(self, request: Any, context: Any) -> Any:
-            return ratelimiter_pb2.AcquireResponse(grants=[ratelimiter_pb2.Grant(id="x" * 48)] * request.count)
-
-    async def serve() -> None:
-        server = grpc.aio.server()
-        ratelimiter_pb2_grpc.add_RateLimiterServicer_to_server(Null(), server)  # type: ignore[abstract]
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        print("ready", flush=True)
-        await server.wait_for_termination()
-
-    uvloop.run(serve())
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def drive(
-    address: str, pid: int, *, rate: float, seconds: float, count: int = 1, callers: int = 0, procs: int = 1
-) -> dict[str, Any]:
-    """Load `address` from `procs` processes; adds the server's CPU per call and the machine load."""
-    argv = [sys.executable, "-m", "bench.ratelimiter_bench", "--load", address, str(rate / procs), str(seconds)]
-    argv += [str(count), str(callers)]
-    with tempfile.TemporaryDirectory() as tmp:
-        outs = [Path(tmp) / f"load-{k}.json" for k in range(procs)]
-        cpu0 = cpu_seconds(pid)
-        children = [subprocess.Popen([*argv, str(out)], cwd=Path(__file__).resolve().parents[1]) for out in outs]
-        if any([child.wait() != 0 for child in children]):  # a list: wait for every one
-            raise RuntimeError("a load process failed")
-        cpu = cpu_seconds(pid) - cpu0
-        parts = [json.loads(out.read_text()) for out in outs]
-    errors = sum(p["errors"] for p in parts)
-    latencies = [x for part in parts for x in part.pop("latencies")]
-    calls = len(latencies)
-    worst = latencies + [math.inf] * errors
-    return {
-        "calls_per_s": sum(p["calls_per_s"] for p in parts),
-        "grants_per_s": sum(p["grants_per_s"] for p in parts),
-        "p50_ms": percentile(worst, 0.5) * 1e3,
-        "p99_ms": percentile(worst, 0.99) * 1e3,
-        "errors": errors,
-        "server_cpu_ms_per_call": 1000.0 * cpu / calls if calls else float("nan"),
-        "load_avg": os.getloadavg()[0],
-    }
-
-
 def micro_grpc(address: str, pid: int, seconds: float) -> dict[str, dict[str, Any]]:
     out = {
         f"fairway_single_{r:.0f}_per_s": drive(address, pid, rate=r, seconds=seconds, procs=LOAD_PROCESSES)
@@ -240,18 +91,11 @@ def micro_grpc(address: str, pid: int, seconds: float) -> dict[str, dict[str, An
 
 
 def micro_null(seconds: float) -> dict[str, dict[str, Any]]:
-    port = free_port()
-    argv = [sys.executable, "-m", "bench.ratelimiter_bench", "--null-server", str(port)]
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1]) as server:
-        try:
-            assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
-            address = f"127.0.0.1:{port}"
-            return {
-                f"null_single_{r:.0f}_per_s": drive(address, server.pid, rate=r, seconds=seconds, procs=LOAD_PROCESSES)
-                for r in (OPEN_LOOP_RATE,)
-            } | {"null_single_max": drive(address, server.pid, rate=0, seconds=seconds, callers=32)}
-        finally:
-            server.kill()
+    with null_server() as (pid, address):
+        return {
+            f"null_single_{r:.0f}_per_s": drive(address, pid, rate=r, seconds=seconds, procs=LOAD_PROCESSES)
+            for r in (OPEN_LOOP_RATE,)
+        } | {"null_single_max": drive(address, pid, rate=0, seconds=seconds, callers=32)}
 
 
 async def micro_redis(redis_url: str, seconds: float) -> dict[str, dict[str, float]]:
@@ -423,8 +267,8 @@ def render(result: dict[str, Any]) -> str:
             f"gRPC rows: load from {LOAD_PROCESSES} separate processes (open loop) or one (closed loop), "
             "latency from each call's scheduled start, a failed call counting as the slowest (p99 'failed': "
             "more than 1% failed); server CPU from /proc of the serving process. gRPC calls fail when they "
-            "time out (5 s); the raw Redis and throttled-py open loops fail when a burst exceeds redis-py's "
-            "connection pool.",
+            f"time out ({CALL_TIMEOUT_S:.0f} s); the raw Redis and throttled-py open loops fail when a burst "
+            "exceeds redis-py's connection pool.",
             "",
             "| path | calls/s | grants/s | p50 ms | p99 ms | failed calls | server CPU ms/call |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -484,10 +328,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--clients-per-replica", type=int, default=8)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--no-docs", action="store_true")
-    if argv[:1] == ["--load"]:
-        return _load_main(argv[1:])
-    if argv[:1] == ["--null-server"]:
-        return _null_main(argv[1])
     args = parser.parse_args(argv)
     result = run(
         micro_s=args.micro_s,
