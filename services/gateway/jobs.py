@@ -57,6 +57,10 @@ def check_items(job: JobSubmit) -> None:
                 raise _required(f"{where}.prompt", "an openai image item needs a prompt string")
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, allow_nan=False)
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -75,14 +79,20 @@ async def submit_job(
     elif body.operation not in allowed:
         raise _required("operation", f"{body.provider} offers {', '.join(allowed)}, not {body.operation}")
     check_items(body)
+    try:
+        items = [scheduler_pb2.ItemInput(ref=i.ref, input_json=_json(i.input)) for i in body.items]
+        metadata_json = "" if body.metadata is None else _json(body.metadata)
+    except ValueError:
+        # Python's parser takes them; JSON, the providers and PostgreSQL do not.
+        raise ApiError(400, "invalid_json", "NaN and Infinity are not JSON numbers; send null or a number.") from None
     request = scheduler_pb2.SubmitJobRequest(
         tenant=who.tenant,
         provider=body.provider,
         model=body.model,
         operation=body.operation or "",
         priority=body.priority,
-        items=[scheduler_pb2.ItemInput(ref=i.ref, input_json=json.dumps(i.input)) for i in body.items],
-        metadata_json="" if body.metadata is None else json.dumps(body.metadata),
+        items=items,
+        metadata_json=metadata_json,
         idempotency_key=idempotency_key or "",
         request_hash=request_hash(body) if idempotency_key else "",
     )

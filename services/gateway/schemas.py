@@ -17,6 +17,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
 }
 
 UINT32_MAX = 2**32 - 1
+INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
 
 
@@ -27,20 +28,20 @@ class _Request(BaseModel):
 
 class TenantCreate(_Request):
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
     max_concurrency: int | None = Field(None, ge=1, le=UINT32_MAX)
-    max_queued: int | None = Field(None, ge=0)
-    credits: int | None = None
+    max_queued: int | None = Field(None, ge=0, le=INT64_MAX)
+    credits: int | None = Field(None, ge=-INT64_MAX, le=INT64_MAX)
 
 
 class TenantUpdate(_Request):
-    weight: float | None = Field(None, gt=0)
+    weight: float | None = Field(None, gt=0, allow_inf_nan=False)
     max_concurrency: int | None = Field(None, ge=1, le=UINT32_MAX)
-    max_queued: int | None = Field(None, ge=0)
+    max_queued: int | None = Field(None, ge=0, le=INT64_MAX)
 
 
 class CreditsAdd(_Request):
-    amount: int
+    amount: int = Field(ge=-INT64_MAX, le=INT64_MAX)
 
 
 class ItemIn(_Request):

@@ -41,7 +41,8 @@ async def get_own_tenant(who: AnyKey, up: Stubs) -> dict[str, Any]:
 async def get_tenant(tenant_id: str, who: AnyKey, up: Stubs) -> dict[str, Any]:
     """A tenant, with what it has queued and in flight (admin, or the tenant itself)."""
     if not who.admin and who.tenant != tenant_id:
-        raise ApiError(403, "forbidden", "Only the admin key reads other tenants; use GET /v1/tenants/me.")
+        # Not "forbidden": a tenant key must not learn which other tenants exist.
+        raise ApiError(404, "not_found", f"There is no tenant {tenant_id!r}; a tenant key reads GET /v1/tenants/me.")
     return await _get(up, tenant_id)
 
 

@@ -219,6 +219,9 @@ def _cursor(value: str, *, default: int) -> int:
     if not value:
         return default
     try:
-        return int(value)
+        cursor = int(value)
     except ValueError:
-        raise InvalidRequest("after: not a cursor returned by this listing") from None
+        cursor = -1
+    if not 0 <= cursor < 2**63:
+        raise InvalidRequest("after: not a cursor returned by this listing")
+    return cursor

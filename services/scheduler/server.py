@@ -21,7 +21,7 @@ from services.ratelimiter.errors import BudgetUnavailable
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.dispatch_servicer import DispatchServicer
 from services.scheduler.dispatcher import Dispatcher
-from services.scheduler.errors import DependencyDown
+from services.scheduler.errors import DependencyDown, InvalidRequest
 from services.scheduler.events import JobSignals
 from services.scheduler.jobs import Jobs
 from services.scheduler.migrations import migrate
@@ -39,8 +39,15 @@ def _translate(exc: Exception) -> FairwayError | None:
     if isinstance(exc, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)):
         # Two transactions crossed (a cancel and a completion of one job): the loser retries.
         return DependencyDown("a concurrent change got in the way; retry", retry_after_s=0.1)
+    if isinstance(exc, asyncpg.DataError) or (isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)):
+        # A value PostgreSQL cannot store (a NUL character, a number out of range), or one
+        # asyncpg cannot send (its InterfaceError that is also a ValueError): the request's,
+        # since every value the scheduler makes itself fits its column.
+        return InvalidRequest(f"a value in the request cannot be stored: {exc}")
     if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                        asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)):
+                        asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+                        asyncpg.OperatorInterventionError)):
+        # OperatorInterventionError: the server shut down, crashed or canceled the statement.
         return DependencyDown("the database is not reachable; retry shortly", retry_after_s=1.0)
     if isinstance(exc, BudgetUnavailable):
         return DependencyDown("the ratelimiter is not reachable; retry shortly", retry_after_s=1.0)

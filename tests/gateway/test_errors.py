@@ -39,6 +39,31 @@ async def test_body_that_is_not_json_is_400(client: httpx.AsyncClient, fakes: Fa
     envelope(r, 400, "invalid_json")
 
 
+async def test_nan_and_infinity_in_a_job_are_400(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    headers = {**tenant("t1"), "Content-Type": "application/json"}
+    for body in (
+        b'{"provider": "replicate", "model": "a/b", "items": [{"ref": "a", "input": {"strength": NaN}}]}',
+        b'{"provider": "replicate", "model": "a/b", "items": [{"input": {}}], "metadata": {"x": -Infinity}}',
+    ):
+        envelope(await client.post("/v1/jobs", content=body, headers=headers), 400, "invalid_json")
+    assert fakes.scheduler.calls("SubmitJob") == []
+
+
+async def test_numbers_the_scheduler_cannot_hold_are_422(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    headers = {**ADMIN, "Content-Type": "application/json"}
+    for method, path, body in (
+        ("POST", "/v1/tenants", b'{"id": "a", "credits": 100000000000000000000}'),
+        ("POST", "/v1/tenants", b'{"id": "a", "max_queued": 18446744073709551616}'),
+        ("POST", "/v1/tenants", b'{"id": "a", "weight": Infinity}'),
+        ("PATCH", "/v1/tenants/a", b'{"max_queued": 9223372036854775808}'),
+        ("POST", "/v1/tenants/a/credits", b'{"amount": -100000000000000000000}'),
+    ):
+        message = envelope(await client.request(method, path, content=body, headers=headers), 422, "invalid_request")
+        assert message.split(":")[0] in ("credits", "max_queued", "weight", "amount"), message
+    assert fakes.scheduler.calls("CreateTenant") == fakes.scheduler.calls("UpdateTenant") == []
+    assert fakes.scheduler.calls("AddCredits") == []
+
+
 async def test_empty_body_is_400(client: httpx.AsyncClient, fakes: Fakes) -> None:
     envelope(await client.post("/v1/tenants", headers=ADMIN), 400, "invalid_json")
     assert fakes.scheduler.calls("CreateTenant") == []
@@ -54,8 +79,13 @@ async def test_missing_and_unknown_keys_are_401(client: httpx.AsyncClient, fakes
 async def test_admin_only_is_403_for_a_tenant(client: httpx.AsyncClient, fakes: Fakes) -> None:
     envelope(await client.get("/v1/stats/queue", headers=tenant("t1")), 403, "forbidden")
     envelope(await client.post("/v1/tenants", json={"id": "x"}, headers=tenant("t1")), 403, "forbidden")
-    envelope(await client.get("/v1/tenants/t2", headers=tenant("t1")), 403, "forbidden")
     assert fakes.scheduler.calls("GetQueueStats") == []
+
+
+async def test_another_tenant_is_404_for_a_tenant_key(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    # As for an unknown one: a tenant key does not learn which other tenants exist.
+    envelope(await client.get("/v1/tenants/t2", headers=tenant("t1")), 404, "not_found")
+    assert fakes.scheduler.calls("GetTenant") == []
 
 
 async def test_submitting_with_the_admin_key_is_403(client: httpx.AsyncClient, fakes: Fakes) -> None:

@@ -273,3 +273,22 @@ async def test_queue_stats_per_tenant_and_lane(client: Client, predictor: FakePr
     assert sum(d for _, d in tenants.values()) == 2
     lanes = {lane.lane: (lane.queued, lane.processing, lane.tenants) for lane in stats.lanes}
     assert {k: v[0] + v[1] for k, v in lanes.items()} == {"replicate:create": 5, "openai:gpt-4o-mini": 3}
+
+
+async def test_values_postgresql_cannot_store_are_invalid_and_change_nothing(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    await client.tenant("t", credits=10)
+    bad_calls = [
+        client.api.SubmitJob(pb.SubmitJobRequest(
+            tenant="t", provider="replicate", model="acme/\x00fast", items=[pb.ItemInput(ref="a", input_json="{}")])),
+        client.api.ListJobs(pb.ListJobsRequest(tenant="t", after=str(2**64))),
+        client.api.AddCredits(pb.AddCreditsRequest(id="t", amount=2**63 - 1)),  # the balance would overflow
+    ]
+    for n, call in enumerate(bad_calls):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (n, caught.value.details())
+    assert await db.fetchval("SELECT credits FROM tenants WHERE id = 't'") == 10
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+    await ledger_reconciles(db)
