@@ -27,11 +27,12 @@ def _start(home: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
                 "FAIRWAY_RATELIMITER_METRICS_PORT": "0", "FAIRWAY_PREDICTOR_METRICS_PORT": "0",
                 "PYTHONUNBUFFERED": "1"})
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, ports
 
 
 def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float = 120.0) -> str:
+    """What `fairway up` printed on stdout up to the line with `marker` (progress goes to stderr)."""
     seen = []
     deadline = time.monotonic() + timeout_s
     assert proc.stdout is not None
@@ -67,9 +68,9 @@ def test_up_serves_then_stops_with_a_clear_message_when_a_child_dies(tmp_path: P
         children = _children(proc)
         assert set(children) == {"emulator", "ratelimiter", "scheduler", "predictor", "gateway"}
         children["scheduler"].kill()
-        rest = proc.communicate(timeout=90)[0]
+        errors = proc.communicate(timeout=90)[1]
         assert proc.returncode == 1
-        assert "scheduler exited" in rest and "stopping the stack" in rest
+        assert "scheduler exited" in errors and "stopping the stack" in errors
         for name, child in children.items():
             assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, f"{name} left running"
     finally:

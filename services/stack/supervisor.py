@@ -23,7 +23,8 @@ from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.common.logging import configure_logging
 from services.stack.config import StackConfig
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress and errors
+banner = Console()  # what to use: the URL and the admin key, on stdout for scripts
 # Each child's time to stop after SIGTERM; predictors get a shorter grace to fit in it.
 STOP_SECONDS = 15.0
 PREDICTOR_GRACE_SECONDS = 5.0
@@ -180,7 +181,7 @@ def up() -> int:
     try:
         admin_key = stack.start()
         url = f"http://{config.gateway_host}:{config.gateway_port}"
-        console.print(f"\n[bold]Fairway is up.[/bold]\n  gateway:   {url}\n  admin key: {admin_key}\n"
+        banner.print(f"\n[bold]Fairway is up.[/bold]\n  gateway:   {url}\n  admin key: {admin_key}\n"
                       f"  status:    {url}/\n\nCtrl-C stops everything.\n")
         code = stack.watch()
     except StackError as exc:
