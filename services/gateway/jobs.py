@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fairway.scheduler.v1 import scheduler_pb2
 from fastapi import APIRouter, Header, Query
+from pydantic import BeforeValidator, Field
 
 from services.gateway import render
 from services.gateway.auth import AnyKey, Stubs, TenantKey
@@ -17,7 +18,17 @@ from services.gateway.schemas import OPERATIONS, ItemPage, Job, JobPage, JobSubm
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 MAX_PAGE = 1000
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")]
+PAGE = 100
+
+
+def _blank_is_absent(value: Any) -> Any:
+    """`?status=&limit=` (a form sent with empty fields) means the same as leaving them out."""
+    return None if value == "" else value
+
+
+PageSize = Annotated[int, Field(ge=1, le=MAX_PAGE)]
+Limit = Annotated[PageSize | None, BeforeValidator(_blank_is_absent), Query(description=f"page size (default {PAGE})")]
+StatusFilter = Annotated[Status | None, BeforeValidator(_blank_is_absent), Query(description="only this status")]
 After = Annotated[str, Query(max_length=512, description="the `next` cursor of the previous page")]
 
 
@@ -102,14 +113,14 @@ async def submit_job(
 
 @router.get("", response_model=JobPage)
 async def list_jobs(
-    who: AnyKey, up: Stubs, status: Status | None = None, limit: Limit = 100, after: After = ""
+    who: AnyKey, up: Stubs, status: StatusFilter = None, limit: Limit = None, after: After = ""
 ) -> dict[str, Any]:
     """Own jobs, newest first (the admin sees every tenant's)."""
     reply = await up.scheduler.ListJobs(
         scheduler_pb2.ListJobsRequest(
             tenant=who.scope,
             status=render.job_status_value(status),
-            limit=limit,
+            limit=limit or PAGE,
             after=after,
         ),
         timeout=up.timeout_s,
@@ -128,7 +139,7 @@ async def get_job(job_id: str, who: AnyKey, up: Stubs) -> dict[str, Any]:
 
 @router.get("/{job_id}/items", response_model=ItemPage)
 async def list_items(
-    job_id: str, who: AnyKey, up: Stubs, status: Status | None = None, limit: Limit = 100, after: After = ""
+    job_id: str, who: AnyKey, up: Stubs, status: StatusFilter = None, limit: Limit = None, after: After = ""
 ) -> dict[str, Any]:
     """A job's items with their outputs, in submission order."""
     reply = await up.scheduler.ListItems(
@@ -136,7 +147,7 @@ async def list_items(
             tenant=who.scope,
             job_id=job_id,
             status=render.item_status_value(status),
-            limit=limit,
+            limit=limit or PAGE,
             after=after,
         ),
         timeout=up.timeout_s,

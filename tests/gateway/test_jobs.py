@@ -129,6 +129,20 @@ async def test_list_jobs_passes_filters_and_the_cursor(client: httpx.AsyncClient
     assert fakes.scheduler.calls("ListJobs")[1].status == scheduler_pb2.JOB_STATUS_UNSPECIFIED
 
 
+async def test_empty_query_fields_mean_no_filter(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    fakes.scheduler.reply("ListJobs", scheduler_pb2.ListJobsResponse())
+    fakes.scheduler.reply("ListItems", scheduler_pb2.ListItemsResponse())
+    assert (await client.get("/v1/jobs?status=&limit=&after=", headers=tenant("t1"))).status_code == 200
+    assert (await client.get("/v1/jobs/job-1/items?status=&limit=", headers=tenant("t1"))).status_code == 200
+    for sent in (fakes.scheduler.calls("ListJobs")[0], fakes.scheduler.calls("ListItems")[0]):
+        assert (sent.status, sent.limit, sent.after) == (0, 100, "")
+    # A value that is there must still be valid.
+    r = await client.get("/v1/jobs?status=done&limit=0", headers=tenant("t1"))
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("status"), r.text
+    r = await client.get("/v1/jobs?limit=1001", headers=tenant("t1"))
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("limit"), r.text
+
+
 async def test_items_render_outputs_and_usage(client: httpx.AsyncClient, fakes: Fakes) -> None:
     done = scheduler_pb2.Item(
         id="i1",
