@@ -14,6 +14,8 @@ import psutil
 import pytest
 
 from services.common.embedded import free_port
+from services.stack.config import StackConfig
+from services.stack.supervisor import emulated_providers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,3 +109,16 @@ def test_ctrl_c_stops_everything_and_data_survives_a_restart(tmp_path: Path) -> 
     finally:
         if again.poll() is None:
             again.kill()
+
+
+def test_the_emulator_stands_in_only_for_providers_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    openai = {"OPENAI_API_KEY", "OPENAI_BASE_URL"}
+    replicate = {"REPLICATE_API_TOKEN", "REPLICATE_BASE_URL"}
+    for keys, emulated in (({}, openai | replicate), ({"OPENAI_API_KEY": "sk-real"}, replicate),
+                           ({"REPLICATE_API_TOKEN": "r8_real"}, openai),
+                           ({"OPENAI_API_KEY": "sk-real", "REPLICATE_API_TOKEN": "r8_real"}, set())):
+        for var in ("OPENAI_API_KEY", "REPLICATE_API_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        for var, value in keys.items():
+            monkeypatch.setenv(var, value)
+        assert set(emulated_providers(StackConfig())) == emulated, keys

@@ -46,6 +46,18 @@ class Child:
             return ""
 
 
+def emulated_providers(cfg: StackConfig) -> dict[str, str]:
+    """The environment that points each provider without a real key at the emulator
+    (empty when both have one: then no emulator starts)."""
+    url = f"http://{cfg.emulator_host}:{cfg.emulator_port}"
+    env = {}
+    if not cfg.openai_api_key:
+        env.update({"OPENAI_API_KEY": "sk-emulated", "OPENAI_BASE_URL": f"{url}/v1"})
+    if not cfg.replicate_api_token:
+        env.update({"REPLICATE_API_TOKEN": "r8_emulated", "REPLICATE_BASE_URL": url})
+    return env
+
+
 class StackError(Exception):
     pass
 
@@ -113,17 +125,15 @@ class Stack:
         raise StackError(f"{child.name} did not listen on port {child.port} in time:\n{child.tail()}")
 
     def start(self) -> str:
+        """Start every child; return the admin key."""
         cfg = self.config
         cfg.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         env = self._env()
-        if not cfg.openai_api_key and not cfg.replicate_api_token:
-            emulator_url = f"http://{cfg.emulator_host}:{cfg.emulator_port}"
+        emulated = emulated_providers(cfg)
+        if emulated:
             self._spawn("emulator", cfg.emulator_port, env, cfg.emulator_host)
-            env.update({
-                "OPENAI_API_KEY": "sk-emulated", "OPENAI_BASE_URL": f"{emulator_url}/v1",
-                "REPLICATE_API_TOKEN": "r8_emulated", "REPLICATE_BASE_URL": emulator_url,
-            })
+            env.update(emulated)
         self._spawn("ratelimiter", cfg.ratelimiter_port, env)
         self._spawn("scheduler", cfg.scheduler_port, env)
         for i in range(cfg.predictors):
