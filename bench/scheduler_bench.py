@@ -36,6 +36,8 @@ from bench.scheduler_data import LANE, add_backlog, add_tenants, drop_db, fresh_
 from bench.scheduler_report import plot, report
 from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.scheduler.claims import claim
+from services.scheduler.counts import CountFolder
+from services.scheduler.events import JobSignals
 from services.scheduler.fairness import LaneShares
 from services.scheduler.migrations import migrate
 from services.scheduler.sql import QUERIES, SERVER_SETTINGS, create_pool
@@ -48,10 +50,12 @@ async def fairway_throughput(dsn: str, items: int, batch: int, workers: int, ten
     await add_tenants(conn, tenants)
     await add_backlog(conn, tenants, items // tenants)
     await conn.close()
-    pool = await create_pool(dsn, min_size=workers, max_size=workers)
+    pool = await create_pool(dsn, min_size=2 * workers, max_size=2 * workers)
     names = [f"t{i}" for i in range(tenants)]
     expected = items // tenants * tenants
     done = 0
+    # Each worker stands for a scheduler replica, with its own folder of completion counts.
+    folders = [CountFolder(pool, JobSignals(pool, f"w{k}")) for k in range(workers)]
 
     async def worker(k: int) -> None:
         nonlocal done
@@ -75,13 +79,20 @@ async def fairway_throughput(dsn: str, items: int, batch: int, workers: int, ten
             ids = [r["id"] for r in rows]
             await pool.fetch(QUERIES["complete_items"], ids, [r["lease"] for r in rows],
                              ['{"ok": true}'] * len(rows), [None] * len(rows))
+            folders[k].wake()
             done += len(rows)
 
     started = time.perf_counter()
+    for folder in folders:
+        folder.start()
     await asyncio.gather(*(worker(k) for k in range(workers)))
+    for folder in folders:
+        await folder.stop()
+    await folders[0].fold()  # the clock stops when every job is counted and finished
     elapsed = time.perf_counter() - started
+    unfinished = await pool.fetchval("SELECT count(*) FROM jobs WHERE finished_at IS NULL")
     await pool.close()
-    assert done == expected, done
+    assert done == expected and unfinished == 0, (done, unfinished)
     return done / elapsed
 
 

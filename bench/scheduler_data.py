@@ -54,11 +54,11 @@ async def add_backlog(conn: asyncpg.Connection, tenants: int | list[str], per_jo
             "INSERT INTO jobs (id, tenant_id, provider, model, operation, lane, items_total) "
             "SELECT id, tenant_id, 'replicate', 'acme/fast', 'prediction', $1, $2 FROM new_jobs", LANE, per_job,
         )
-        await conn.execute(
-            "INSERT INTO job_cursors (job_id, lane, tenant_id, priority, job_seq, total, created_at) "
+        jobs = await conn.fetch(
             "SELECT id, lane, tenant_id, priority, seq, items_total, created_at FROM jobs "
             "WHERE id IN (SELECT id FROM new_jobs)",
         )
+        await conn.executemany(QUERIES["open_job_cursor"], [tuple(j) for j in jobs])
         await conn.execute(
             "INSERT INTO items (id, job_id, tenant_id, lane, priority, seq, ref, input) "
             "SELECT gen_random_uuid(), j.id, j.tenant_id, $1, 0, s, 'r' || s, '{\"prompt\": \"a cat\"}' "

@@ -103,10 +103,12 @@ def _throughput(results: dict[str, Any]) -> list[str]:
         f"{tp[0]['items']:,} queued items over 10 tenants (one job each); 1 or 4 concurrent workers, each "
         "looping *lease a batch -> complete it*; the two systems alternate, "
         f"{len(tp[0]['runs'])} runs each, best run shown (all runs in parentheses). Fairway runs the "
-        "scheduler's own code: `claims.claim` (`claim_items`: a fair split over the 10 tenants, job "
-        "cursors advanced, one lease row per item, one statement) and `complete_items` (fenced by the lease, "
-        "the item row written once, the job's and the (lane, tenant) counters, one statement); pgqueuer "
-        "runs `dequeue` + `log_jobs` on the same server with the same batch size and number of workers.", "",
+        "scheduler's own code: `claims.claim` (`claim_items`: a fair split over the 10 tenants, a free "
+        "stripe of each tenant's job advanced, one lease row per item, one statement) and `complete_items` "
+        "(fenced by the lease, the item row written once, its count recorded, one statement), with a "
+        "`CountFolder` per worker folding the counts into the job and queue counters as a replica's does; "
+        "the clock stops when every job is counted and finished. pgqueuer runs `dequeue` + `log_jobs` on "
+        "the same server with the same batch size and number of workers.", "",
         "| workers | batch | fairway items/s | pgqueuer items/s | fairway / pgqueuer |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -119,13 +121,13 @@ def _throughput(results: dict[str, Any]) -> list[str]:
     lines += [
         "", "Reading it: the machine's load moves between runs of the same configuration (the runs in "
         "parentheses), so only large, repeated differences mean something. A claim writes no item row: it "
-        "advances each job's cursor and inserts one narrow lease row per item; a completion deletes the "
-        "lease and writes the item row once. Four workers claiming from the same ten jobs take turns on "
-        "those jobs' cursor rows (a claim holds them until it commits), where pgqueuer's workers skip "
-        "each other's rows: that, not the statements, is what the 4-worker, batch-32 row measures. In "
-        "the service one dispatcher per lane and replica claims, so claims of one replica never wait on "
-        "one another. What the two systems write differs too: pgqueuer's `log_jobs` deletes the job and "
-        "logs its status, where a completion here stores the item's output and usage, charges its credit "
+        "advances the cursor of one stripe of each job it serves and inserts one narrow lease row per item; "
+        "claims skip the stripes another claim holds, as pgqueuer's workers skip each other's rows. A "
+        "completion deletes the lease, writes the item row once and records its count; the folders update "
+        "the counters in batches, so completions do not take turns on them. In the service, each scheduler "
+        "replica claims with one dispatcher per lane and completes through one group commit, so four workers "
+        "stand for four replicas. What the two systems write differs: pgqueuer's `log_jobs` deletes the job "
+        "and logs its status, where a completion here stores the item's output and usage, charges its credit "
         "and keeps the job's and the queue's counts.", "", "![throughput](img/scheduler_throughput.png)", "",
     ]
     return lines
@@ -167,9 +169,9 @@ def _latency(results: dict[str, Any]) -> list[str]:
             verdict = "under" if max(totals) < TARGET_MS else "over"
             lines.append(f"- {int(tenants):,} tenants, batch {batch}: "
                          + " -> ".join(f"{t:.1f}" for t in totals) + f" ms, {verdict} {TARGET_MS:g} ms")
-    lines += ["", "Nothing in the claim scans the backlog: a tenant's next job is one index probe and a job hands "
-              "out a range of its items by moving its cursor. What a claim costs is one lease row per item and, "
-              "per tenant it serves, a cursor row locked and moved or deleted. A batch of 256 from 10 tenants "
+    lines += ["", "Nothing in the claim scans the backlog: a tenant's next stripe is one index probe and a stripe "
+              "hands out a range of its items by moving its cursor. What a claim costs is one lease row per item "
+              "and, per tenant it serves, a cursor row locked and moved or deleted. A batch of 256 from 10 tenants "
               "takes the same at every backlog; a batch that spans 256 tenants (10,000 tenants, one item each) "
               "costs 50-100 µs per tenant served on this machine, the least at the smallest backlog (where "
               "every job holds a single item and its claim deletes the cursor). A batch is never larger than "

@@ -1,10 +1,12 @@
 """The claim: picked counts per tenant in, leased items out, in one statement.
 
     rows = await claim(conn, "replicate:create", {"t1": 3, "t2": 1}, "scheduler-0", 30.0)
+    left = await stripes_left(conn, "replicate:create", short_of_room(picks, rows))
 
 A row per leased item (`id` set), and one with `id` NULL for each tenant that got none;
 `room` says what the tenant's max_concurrency allowed, so the caller tells "capped" from
-"ran out of items". See `queries/dispatch.sql` (`claim_items`).
+"ran out of items" or, with `stripes_left`, from "held by another claim for the moment".
+See `queries/dispatch.sql` (`claim_items`).
 """
 
 from __future__ import annotations
@@ -37,3 +39,22 @@ async def claim(
             QUERIES["claim_items"], lane, deferred, [picks[t] for t in deferred], worker, lease_seconds, True,
         )
     return rows
+
+
+def short_of_room(picks: dict[str, int], rows: list[asyncpg.Record]) -> list[str]:
+    """The tenants that got fewer items than picked although their cap allowed more."""
+    got: dict[str, int] = {}
+    room: dict[str, int] = {}
+    for row in rows:
+        room[row["room_tenant"]] = row["room"]
+        if row["id"] is not None:
+            got[row["tenant_id"]] = got.get(row["tenant_id"], 0) + 1
+    return [t for t, n in picks.items() if got.get(t, 0) < min(n, room.get(t, n))]
+
+
+async def stripes_left(conn: asyncpg.Connection, lane: str, tenants: list[str]) -> set[str]:
+    """Which of `tenants` still have job stripes to dispatch (held by another claim, if a
+    claim just came back short for them)."""
+    if not tenants:
+        return set()
+    return {r["tenant_id"] for r in await conn.fetch(QUERIES["job_stripes_left"], lane, tenants)}

@@ -29,7 +29,7 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 from services.common.logging import get_logger
 from services.ratelimiter.client import BudgetClient, GrantRef
 from services.ratelimiter.errors import BudgetUnavailable
-from services.scheduler.claims import claim
+from services.scheduler.claims import claim, short_of_room, stripes_left
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.events import JobSignals
 from services.scheduler.fairness import LaneShares
@@ -320,9 +320,10 @@ class Dispatcher:
             picks = shares.pick(len(acquired.grants), self._tenants.weight, self._headroom)
         async with self._pool.acquire() as conn:
             rows = await claim(conn, lane, picks, self._replica, self._config.lease_seconds)
+            held_elsewhere = await stripes_left(conn, lane, short_of_room(picks, rows))
         claimed, handed_back, unused = self._hand_out(rows, list(acquired.grants))
         self._signals.touch({str(row["job_id"]) for row in rows if row["id"] is not None})
-        self._correct_index(shares, picks, claimed, rows)
+        self._correct_index(shares, picks, claimed, rows, held_elsewhere)
         shares.commit(dict(claimed), self._tenants.weight)
         if unused:
             await self._budgets.release(unused)
@@ -364,13 +365,18 @@ class Dispatcher:
         return claimed, handed_back, unused
 
     def _correct_index(
-        self, shares: LaneShares, picks: dict[str, int], claimed: dict[str, int], rows: list[asyncpg.Record]
+        self, shares: LaneShares, picks: dict[str, int], claimed: dict[str, int], rows: list[asyncpg.Record],
+        held_elsewhere: set[str],
     ) -> None:
         """Where the database handed out fewer items than picked, learn why."""
         room = {row["room_tenant"]: row["room"] for row in rows}
         for tenant, n in picks.items():
             got = claimed.get(tenant, 0)
             if got >= n:
+                continue
+            if tenant in held_elsewhere:
+                # Another replica's claim held some of its job stripes: the items are
+                # there, and the index keeps counting them.
                 continue
             if got < room.get(tenant, n):
                 # The index believed in items that are not ready (claimed by another

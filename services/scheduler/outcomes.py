@@ -17,6 +17,7 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 from services.common.logging import get_logger
 from services.scheduler.batching import GroupCommit
 from services.scheduler.config import SchedulerConfig
+from services.scheduler.counts import CountFolder
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.events import JobSignals
 from services.scheduler.jobs import Jobs
@@ -37,6 +38,7 @@ class Outcomes:
         self._signals = signals
         self._jobs = jobs
         self._config = config
+        self.counts = CountFolder(pool, signals)
         self._completions = GroupCommit(self._flush_completions, max_batch=500)
         self._failures = GroupCommit(self._flush_failures, max_batch=500)
         self._reaper: asyncio.Task[None] | None = None
@@ -44,10 +46,12 @@ class Outcomes:
     def start(self) -> None:
         self._dispatcher.on_hand_back = self.hand_back
         self._reaper = asyncio.create_task(self._reap_forever(), name="lease-reaper")
+        self.counts.start()
 
     async def stop(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        await self.counts.stop()
 
     # ---- completion ----
 
@@ -67,6 +71,7 @@ class Outcomes:
             if text := usage.get(str(row["id"])):
                 self._dispatcher.observe_usage(row["lane"], text)
         self._after(rows)
+        self.counts.wake()
         done = {str(r["id"]) for r in rows}
         return [c.lease.item_id in done for c in batch]
 
@@ -176,6 +181,8 @@ class Outcomes:
                 self._dispatcher.remove_backlog(row["lane"], row["tenant_id"], 1)
             else:
                 self._dispatcher.finished(row["tenant_id"])
+        # Completions of the job not folded yet: the job is finished once they are.
+        await self.counts.fold()
         self._signals.touch([job.id])
         return await self._jobs.get(tenant, job_id)
 
@@ -214,8 +221,9 @@ class Outcomes:
         raise AssertionError("unreachable")
 
     def _after(self, rows: Sequence[Any]) -> None:
-        """Bookkeeping after items left PROCESSING: slots and watchers. (The statement that
-        finished a job's last item marked the job finished.)"""
+        """Bookkeeping after items left PROCESSING: slots and watchers. (A failure or cancel
+        that finished a job's last item marked the job finished; a completion's counts are
+        folded by `counts`, which marks it then.)"""
         for row in rows:
             self._dispatcher.finished(row["tenant_id"])
         self._signals.touch({str(row["job_id"]) for row in rows})

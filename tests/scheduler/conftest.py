@@ -24,6 +24,7 @@ from services.ratelimiter.server import create_server as create_ratelimiter
 from services.scheduler import dispatcher
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.server import SchedulerApp, create_scheduler
+from services.scheduler.sql import QUERIES
 
 # Budgets far above what a test dispatches, except "slow-model" (3 grants, then a wait of
 # seconds) and "paced-model" (60 grants, then one a second): predictor slots, not budgets,
@@ -237,19 +238,21 @@ async def counters_match_items(conn: asyncpg.Connection) -> None:
     """The dispatch state agrees with the items it describes.
 
     - every unfinished (PENDING) item is in exactly one place: leased (in flight), waiting in
-      `retries`, or ahead of its job's cursor; a finished item is in none;
-    - queue_counts.unfinished per (lane, tenant) and the jobs' finished counts match the
+      `retries`, or ahead of the cursor of its job's stripe; a finished item is in none;
+    - once the completions' count moves are folded (as the scheduler's folder does), the
+      queue_counts.unfinished per (lane, tenant) and the jobs' finished counts match the
       items, and a job is marked finished exactly when all its items are.
     """
     misplaced = await conn.fetch(
-        "SELECT i.id, i.status, l.item_id IS NOT NULL AS leased, r.item_id IS NOT NULL AS waiting, "
-        "coalesce(i.seq > c.dispatched, false) AS queued FROM items i "
-        "LEFT JOIN leases l ON l.item_id = i.id LEFT JOIN retries r ON r.item_id = i.id "
-        "LEFT JOIN job_cursors c ON c.job_id = i.job_id "
-        "WHERE (l.item_id IS NOT NULL)::int + (r.item_id IS NOT NULL)::int + coalesce(i.seq > c.dispatched, false)::int"
-        " <> (i.status = 'PENDING')::int"
+        "SELECT * FROM (SELECT i.id, i.status, l.item_id IS NOT NULL AS leased, r.item_id IS NOT NULL AS waiting, "
+        "(SELECT count(*) FROM job_cursors c WHERE c.job_id = i.job_id AND i.seq > c.dispatched "
+        "AND i.seq <= c.last_seq) AS queued FROM items i "
+        "LEFT JOIN leases l ON l.item_id = i.id LEFT JOIN retries r ON r.item_id = i.id) x "
+        "WHERE leased::int + waiting::int + queued <> (status = 'PENDING')::int"
     )
     assert not misplaced, [dict(r) for r in misplaced]
+    while (await conn.fetchval(QUERIES["fold_count_moves"], 10_000)) > 0:
+        pass
     wrong = await conn.fetch(
         "SELECT * FROM queue_counts q FULL JOIN (SELECT lane, tenant_id, "
         "count(*) FILTER (WHERE status = 'PENDING') AS u "

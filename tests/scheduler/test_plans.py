@@ -13,8 +13,11 @@ from services.scheduler.sql import QUERIES, SERVER_SETTINGS
 
 HOT = [
     "claim_items", "lock_counts_for_claim", "complete_items", "fail_items", "heartbeat", "cancel_items",
-    "insert_items", "open_job_cursor", "items_changed_since", "list_items", "get_job",
+    "insert_items", "open_job_cursor", "items_changed_since", "list_items", "get_job", "fold_count_moves",
 ]
+# The fold takes whichever moves there are: all of count_moves is what it reads, and the
+# folder keeps the table small.
+READS_WHOLE = {"fold_count_moves": "count_moves"}
 
 
 @pytest.mark.parametrize("name", HOT)
@@ -31,4 +34,6 @@ async def test_a_plan_made_on_empty_tables_scans_no_table(database_url: str, nam
         plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN (COSTS OFF) EXECUTE hot({nulls})"))
     finally:
         await conn.close()
-    assert "Seq Scan" not in plan, plan
+    whole = READS_WHOLE.get(name)
+    scans = [line for line in plan.splitlines() if "Seq Scan" in line and not line.endswith(f"Seq Scan on {whole}")]
+    assert not scans, plan

@@ -2,12 +2,16 @@
 
 -- name: queue_counts
 -- The dispatch index's resync: one row per (lane, tenant) with anything queued or in flight.
--- Queued = unfinished - in flight; both read in one snapshot, so they agree.
-SELECT q.lane, q.tenant_id, q.unfinished - coalesce(f.n, 0) AS pending, coalesce(f.n, 0) AS processing
+-- Queued = unfinished (less the completions not folded yet) - in flight; all read in one
+-- snapshot, so they agree.
+SELECT q.lane, q.tenant_id, q.unfinished - coalesce(m.n, 0) - coalesce(f.n, 0) AS pending,
+       coalesce(f.n, 0) AS processing
 FROM queue_counts q LEFT JOIN (
     SELECT lane, tenant_id, count(*) AS n FROM leases GROUP BY lane, tenant_id
-) f USING (lane, tenant_id)
-WHERE q.unfinished > 0;
+) f USING (lane, tenant_id) LEFT JOIN (
+    SELECT lane, tenant_id, sum(n_done) AS n FROM count_moves GROUP BY lane, tenant_id
+) m USING (lane, tenant_id)
+WHERE q.unfinished - coalesce(m.n, 0) > 0;
 
 -- name: lock_counts_for_claim
 -- Only tenants with max_concurrency: their claims take turns, so that each counts what the
@@ -21,10 +25,11 @@ ORDER BY q.lane, q.tenant_id FOR UPDATE OF q;
 -- tenant's order: priority first; at equal priority the items waiting for another attempt
 -- (whose backoff is over), then the jobs in submit order, each job's items in order.
 --
--- No item row is written. A job hands out a range of its items by advancing its cursor;
--- the items' rows are only read (by (job_id, seq)), and each leased item gets a row in
--- `leases`. Cursor rows are locked in tenant order (`wanted` is sorted), so two claims
--- for the same tenant take turns and cannot deadlock; retries are taken SKIP LOCKED.
+-- No item row is written. A job hands out a range of its items by advancing the cursor of
+-- one of its stripes; the items' rows are only read (by (job_id, seq)), and each leased
+-- item gets a row in `leases`. Cursors and retries are taken SKIP LOCKED: a claim never
+-- waits for another, it serves the stripes no other claim holds (`job_stripes_left` tells
+-- a tenant whose stripes were all held elsewhere from one that ran out of items).
 --
 -- max_concurrency: with $6 false, a tenant with a cap gets nothing and comes back
 -- `deferred`, for the caller to claim again after `lock_counts_for_claim`, with $6 true;
@@ -46,8 +51,8 @@ WITH wanted AS (
     FROM wanted w LEFT JOIN busy b ON b.tenant_id = w.tenant_id
     ORDER BY w.tenant_id
 ), candidates AS (
-    SELECT r.tenant_id, r.n, p.priority, 0 AS kind, p.run_after, 0::bigint AS job_seq,
-           p.item_id, NULL::uuid AS job_id, 0 AS dispatched, 1 AS size
+    SELECT r.tenant_id, r.n, p.priority, 0 AS kind, p.run_after, 0::bigint AS job_seq, 0::smallint AS stripe,
+           p.item_id, NULL::uuid AS job_id, 0 AS dispatched, 0 AS last_seq, 1 AS size
     FROM room r CROSS JOIN LATERAL (
         SELECT item_id, priority, run_after FROM retries
         WHERE lane = $1 AND tenant_id = r.tenant_id AND run_after <= now()
@@ -55,27 +60,42 @@ WITH wanted AS (
     ) p
     WHERE r.n > 0 AND EXISTS (SELECT 1 FROM retries WHERE lane = $1 AND run_after <= now())
     UNION ALL
-    SELECT r.tenant_id, r.n, c.priority, 1, NULL, c.job_seq, NULL, c.job_id, c.dispatched, c.total - c.dispatched
+    SELECT r.tenant_id, r.n, c.priority, 1, NULL, c.job_seq, c.stripe, NULL, c.job_id, c.dispatched, c.last_seq,
+           c.last_seq - c.dispatched
     FROM room r CROSS JOIN LATERAL (
-        SELECT job_id, priority, job_seq, dispatched, total FROM job_cursors
-        WHERE lane = $1 AND tenant_id = r.tenant_id
-        ORDER BY priority DESC, job_seq LIMIT r.n FOR UPDATE
+        -- The tenant's first stripe that no other claim holds; more only if it holds fewer
+        -- items than wanted (a tenant's big job needs one, its small jobs one each).
+        SELECT job_id, stripe, priority, job_seq, dispatched, last_seq FROM job_cursors
+        WHERE r.n > 0 AND lane = $1 AND tenant_id = r.tenant_id
+        ORDER BY priority DESC, job_seq, stripe LIMIT 1 FOR UPDATE SKIP LOCKED
+    ) f CROSS JOIN LATERAL (
+        SELECT f.job_id, f.stripe, f.priority, f.job_seq, f.dispatched, f.last_seq
+        UNION ALL
+        SELECT * FROM (
+            SELECT job_id, stripe, priority, job_seq, dispatched, last_seq FROM job_cursors
+            WHERE f.last_seq - f.dispatched < r.n AND lane = $1 AND tenant_id = r.tenant_id
+              AND (job_id, stripe) <> (f.job_id, f.stripe)
+            ORDER BY priority DESC, job_seq, stripe LIMIT r.n - 1 FOR UPDATE SKIP LOCKED
+        ) more
     ) c
     WHERE r.n > 0
 ), taken AS (
     -- Each candidate takes what is still wanted after the ones before it.
     SELECT * FROM (
         SELECT c.*, least(c.size, greatest(0, c.n - (sum(c.size) OVER (
-            PARTITION BY c.tenant_id ORDER BY c.priority DESC, c.kind, c.run_after, c.job_seq
+            PARTITION BY c.tenant_id ORDER BY c.priority DESC, c.kind, c.run_after, c.job_seq, c.stripe
             ROWS UNBOUNDED PRECEDING) - c.size)))::int AS take
         FROM candidates c
     ) s WHERE take > 0
 ), advanced AS (
     UPDATE job_cursors c SET dispatched = c.dispatched + t.take
     FROM taken t
-    WHERE c.job_id = ANY(ARRAY(SELECT job_id FROM taken WHERE kind = 1 AND take < size)) AND c.job_id = t.job_id
+    WHERE c.job_id = ANY(ARRAY(SELECT job_id FROM taken WHERE kind = 1 AND take < size))
+      AND c.job_id = t.job_id AND c.stripe = t.stripe AND t.kind = 1 AND t.take < t.size
 ), exhausted AS (
-    DELETE FROM job_cursors WHERE job_id = ANY(ARRAY(SELECT job_id FROM taken WHERE kind = 1 AND take = size))
+    DELETE FROM job_cursors c USING taken t
+    WHERE c.job_id = ANY(ARRAY(SELECT job_id FROM taken WHERE kind = 1 AND take = size))
+      AND c.job_id = t.job_id AND c.stripe = t.stripe AND t.kind = 1 AND t.take = t.size
 ), unqueued AS (
     DELETE FROM retries WHERE item_id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0))
 ), chosen AS (
@@ -85,7 +105,7 @@ WITH wanted AS (
     SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id
     FROM taken t CROSS JOIN LATERAL (
         SELECT id, job_id, tenant_id, attempts, input, upstream_id FROM items
-        WHERE job_id = t.job_id AND seq > t.dispatched AND status = 'PENDING'
+        WHERE job_id = t.job_id AND seq > t.dispatched AND seq <= t.last_seq AND status = 'PENDING'
         ORDER BY seq LIMIT t.take
     ) i
     WHERE t.kind = 1
@@ -100,8 +120,14 @@ SELECT r.tenant_id AS room_tenant, r.n AS room, r.deferred, c.id, c.job_id, c.te
 FROM room r
 LEFT JOIN (leased l JOIN chosen c ON c.id = l.item_id JOIN jobs j ON j.id = c.job_id) ON c.tenant_id = r.tenant_id;
 
+-- name: job_stripes_left
+-- Which of these tenants still have items to dispatch in lane $1 (after a claim that came
+-- back short for them: another claim may have held their stripes).
+SELECT t.tenant_id FROM unnest($2::text[]) AS t(tenant_id)
+WHERE EXISTS (SELECT 1 FROM job_cursors c WHERE c.lane = $1 AND c.tenant_id = t.tenant_id);
+
 -- name: lane_token_estimate
--- Mean token estimate of a lane's next items (a sample of the open jobs' next items).
+-- Mean token estimate of a lane's next items (a sample of the open stripes' next items).
 SELECT avg(i.est_tokens)::float8 FROM (
     SELECT job_id, dispatched FROM job_cursors WHERE lane = $1 LIMIT 50
 ) c CROSS JOIN LATERAL (

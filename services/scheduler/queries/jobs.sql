@@ -3,8 +3,10 @@
 -- name: lock_tenant
 -- First statement of a submit: the tenant row lock serializes the tenant's submits, so the
 -- queue limit and the credit balance are checked and changed without a race.
+-- Queued = unfinished (counted, less the completions not folded yet) - in flight.
 SELECT id, max_queued, credits,
        (coalesce((SELECT sum(unfinished) FROM queue_counts q WHERE q.tenant_id = t.id), 0)
+        - coalesce((SELECT sum(n_done) FROM count_moves m WHERE m.tenant_id = t.id), 0)
         - (SELECT count(*) FROM leases l WHERE l.tenant_id = t.id))::bigint AS queued
 FROM tenants t WHERE id = $1 FOR UPDATE OF t;
 
@@ -29,10 +31,12 @@ SELECT gen_random_uuid(), $1, $2, $3, $4, u.seq, u.ref, u.input, u.est, $5
 FROM unnest($6::text[], $7::text[], $8::int[]) WITH ORDINALITY AS u(ref, input, est, seq);
 
 -- name: open_job_cursor
--- The job's items (seq 1..total) are dispatched in order from here. `job_seq` was taken
--- under the tenant lock, so it orders the tenant's jobs as they were submitted.
-INSERT INTO job_cursors (job_id, lane, tenant_id, priority, job_seq, total, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7);
+-- The job's items (seq 1..$6) are dispatched from here, in stripes: one per 256 items, at
+-- most 8, so that up to 8 claims serve the job side by side. `job_seq` was taken under the
+-- tenant lock, so it orders the tenant's jobs as they were submitted.
+INSERT INTO job_cursors (job_id, stripe, lane, tenant_id, priority, job_seq, dispatched, last_seq, created_at)
+SELECT $1, s, $2, $3, $4, $5, ($6::bigint * s / k)::int, ($6::bigint * (s + 1) / k)::int, $7
+FROM (SELECT least(8, ($6 + 255) / 256) AS k) c, generate_series(0, c.k - 1) s;
 
 -- name: count_submitted
 -- Last statement of a submit, so that the counter row is locked only for a moment.
@@ -44,26 +48,31 @@ SELECT pg_notify('fairway_backlog', $1);
 
 -- name: get_job
 -- Queued and in-flight counts are derived: the job row changes only when items finish.
+-- Done = the job's count plus its completions not folded yet (`count_moves`).
 SELECT j.id, j.tenant_id, j.provider, j.model, j.operation, j.priority, j.metadata::text AS metadata,
-       j.items_total, j.items_total - j.n_done - j.n_failed - j.n_canceled - f.n AS n_pending,
-       f.n AS n_processing, j.n_done, j.n_failed, j.n_canceled, j.canceled,
+       j.items_total, j.items_total - (j.n_done + d.n) - j.n_failed - j.n_canceled - f.n AS n_pending,
+       f.n AS n_processing, (j.n_done + d.n)::int AS n_done, j.n_failed, j.n_canceled, j.canceled,
        j.created_at, j.updated_at, j.finished_at
 FROM jobs j
 CROSS JOIN LATERAL (SELECT count(*) AS n FROM leases l WHERE l.tenant_id = j.tenant_id AND l.job_id = j.id) f
+CROSS JOIN LATERAL (SELECT coalesce(sum(n_done), 0) AS n FROM count_moves m
+                    WHERE m.tenant_id = j.tenant_id AND m.lane = j.lane AND m.job_id = j.id) d
 WHERE j.id = $1 AND ($2 = '' OR j.tenant_id = $2);
 
 -- name: list_jobs
 -- A job is PENDING while none of its items has started: none finished and none in flight.
 SELECT j.id, j.tenant_id, j.provider, j.model, j.operation, j.priority, j.metadata::text AS metadata,
-       j.items_total, j.items_total - j.n_done - j.n_failed - j.n_canceled - f.n AS n_pending,
-       f.n AS n_processing, j.n_done, j.n_failed, j.n_canceled, j.canceled,
+       j.items_total, j.items_total - (j.n_done + d.n) - j.n_failed - j.n_canceled - f.n AS n_pending,
+       f.n AS n_processing, (j.n_done + d.n)::int AS n_done, j.n_failed, j.n_canceled, j.canceled,
        j.created_at, j.updated_at, j.finished_at, j.seq
 FROM jobs j
 CROSS JOIN LATERAL (SELECT count(*) AS n FROM leases l WHERE l.tenant_id = j.tenant_id AND l.job_id = j.id) f
+CROSS JOIN LATERAL (SELECT coalesce(sum(n_done), 0) AS n FROM count_moves m
+                    WHERE m.tenant_id = j.tenant_id AND m.lane = j.lane AND m.job_id = j.id) d
 WHERE ($1 = '' OR j.tenant_id = $1) AND j.seq < $2
   AND ($3 = '' OR CASE $3
-        WHEN 'PENDING' THEN j.finished_at IS NULL AND j.n_done + j.n_failed + j.n_canceled + f.n = 0
-        WHEN 'PROCESSING' THEN j.finished_at IS NULL AND j.n_done + j.n_failed + j.n_canceled + f.n > 0
+        WHEN 'PENDING' THEN j.finished_at IS NULL AND j.n_done + d.n + j.n_failed + j.n_canceled + f.n = 0
+        WHEN 'PROCESSING' THEN j.finished_at IS NULL AND j.n_done + d.n + j.n_failed + j.n_canceled + f.n > 0
         WHEN 'DONE' THEN j.finished_at IS NOT NULL AND NOT j.canceled AND j.n_failed = 0
         WHEN 'FAILED' THEN j.finished_at IS NOT NULL AND NOT j.canceled AND j.n_failed > 0
         WHEN 'CANCELED' THEN j.canceled END)

@@ -6,10 +6,11 @@
 --
 -- Lock order, in every transaction that moves items: tenants (by id), then queue_counts
 -- (by lane, tenant), then job_cursors, then leases, then items, then jobs. Each lock_*
--- statement runs first in its transaction (complete_items takes its counter locks in an
--- InitPlan, before it touches a lease), so two transactions never wait on each other in
--- a cycle. Claims lock job cursors (in tenant order) and insert leases: they wait on no
--- lease or item.
+-- statement runs first in its transaction, so two transactions never wait on each other
+-- in a cycle. A completion locks only leases (by item id) and items, and inserts
+-- count_moves: it takes no counter lock. fold_count_moves locks queue_counts (by lane,
+-- tenant) and then jobs, like the others. Claims take job cursors and retries SKIP LOCKED
+-- and insert leases: they wait on no lease or item.
 
 -- name: heartbeat
 UPDATE leases l SET leased_until = now() + make_interval(secs => $3)
@@ -26,17 +27,15 @@ WHERE id = $1 AND EXISTS (SELECT 1 FROM leases WHERE item_id = $1 AND lease = $2
 RETURNING id;
 
 -- name: complete_items
--- Fenced: only the current lease holder completes an item, once. The job is finished in
--- the same statement when this was its last unfinished item.
-WITH locked AS (
-    SELECT count(*) AS n FROM (
-        SELECT 1 FROM queue_counts
-        WHERE (lane, tenant_id) IN (SELECT lane, tenant_id FROM leases WHERE item_id = ANY($1::uuid[]))
-        ORDER BY lane, tenant_id FOR UPDATE
-    ) l
+-- Fenced: only the current lease holder completes an item, once. The counts move through
+-- count_moves: fold_count_moves adds them to the job and the (lane, tenant) counters and
+-- finishes the job when this was its last unfinished item. Leases are locked in item
+-- order, so two completions of the same items (a retried request) cannot deadlock.
+WITH held AS (
+    SELECT item_id FROM leases WHERE item_id = ANY($1::uuid[]) ORDER BY item_id FOR UPDATE
 ), released AS (
     DELETE FROM leases l USING unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS c(id, lease, output, usage)
-    WHERE l.item_id = ANY($1::uuid[]) AND l.item_id = c.id AND l.lease = c.lease AND (SELECT n FROM locked) >= 0
+    WHERE l.item_id = ANY(ARRAY(SELECT item_id FROM held)) AND l.item_id = c.id AND l.lease = c.lease
     RETURNING l.item_id, l.attempt, l.started_at, c.output, c.usage
 ), done AS (
     UPDATE items i SET status = 'DONE', output = r.output, usage = r.usage, error = NULL, attempts = r.attempt,
@@ -44,20 +43,42 @@ WITH locked AS (
     FROM released r
     WHERE i.id = r.item_id
     RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.cost
-), counted AS (
-    UPDATE jobs j SET n_done = j.n_done + d.n, updated_at = now(),
-        finished_at = coalesce(j.finished_at, CASE WHEN j.n_done + d.n + j.n_failed + j.n_canceled = j.items_total
-                                                    THEN now() END)
-    FROM (SELECT job_id, count(*) AS n FROM done GROUP BY job_id) d WHERE j.id = d.job_id
 ), moved AS (
-    UPDATE queue_counts q SET unfinished = unfinished - d.n
-    FROM (SELECT lane, tenant_id, count(*) AS n FROM done GROUP BY lane, tenant_id) d
-    WHERE q.lane = d.lane AND q.tenant_id = d.tenant_id
+    INSERT INTO count_moves (tenant_id, lane, job_id, n_done)
+    SELECT tenant_id, lane, job_id, count(*) FROM done GROUP BY tenant_id, lane, job_id
 ), charged AS (
     INSERT INTO credit_ledger (tenant_id, kind, amount, job_id, item_id)
     SELECT tenant_id, 'charge', 0, job_id, id FROM done WHERE cost > 0
 )
 SELECT id, job_id, tenant_id, lane FROM done;
+
+-- name: fold_count_moves
+-- Completions into the counters, up to $1 moves at a time; several folders take disjoint
+-- moves (SKIP LOCKED). A job whose items are then all finished is finished here: its
+-- completions had committed, with their item rows, before their moves could be read.
+-- One row: how many moves it folded, and the jobs it finished (NULL if none).
+WITH moves AS (
+    DELETE FROM count_moves WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM count_moves LIMIT $1 FOR UPDATE SKIP LOCKED))
+    RETURNING tenant_id, lane, job_id, n_done
+), locked AS (
+    SELECT count(*) AS n FROM (
+        SELECT 1 FROM queue_counts WHERE (lane, tenant_id) IN (SELECT lane, tenant_id FROM moves)
+        ORDER BY lane, tenant_id FOR UPDATE
+    ) l
+), counted AS (
+    UPDATE jobs j SET n_done = j.n_done + m.n, updated_at = now(),
+        finished_at = coalesce(j.finished_at, CASE WHEN j.n_done + m.n + j.n_failed + j.n_canceled = j.items_total
+                                                    THEN now() END)
+    FROM (SELECT job_id, sum(n_done)::int AS n FROM moves GROUP BY job_id) m
+    WHERE j.id = m.job_id AND (SELECT n FROM locked) >= 0
+    RETURNING j.id, j.finished_at = now() AS finished  -- now(): this transaction's start
+), counters AS (
+    UPDATE queue_counts q SET unfinished = unfinished - m.n
+    FROM (SELECT lane, tenant_id, sum(n_done) AS n FROM moves GROUP BY lane, tenant_id) m
+    WHERE q.lane = m.lane AND q.tenant_id = m.tenant_id AND (SELECT n FROM locked) >= 0
+)
+SELECT (SELECT count(*) FROM moves) AS folded, array_agg(id) FILTER (WHERE finished) AS finished FROM counted;
 
 -- name: fail_items
 -- Fenced. A retryable failure with attempts left waits in `retries` for its backoff

@@ -1,0 +1,29 @@
+-- Claims and completions that do not take turns. Until 0005, a job had one cursor row and
+-- every completion updated its job's and its (lane, tenant)'s counter rows: claims from
+-- several replicas waited on each other at the cursors of the tenants they served, and
+-- completions at the counters, each holding the rows until it committed.
+--
+--   job_cursors   a job's range 1..items_total is cut into stripes, a cursor row each
+--                 (stripe 0 first). A claim takes the first stripes it can lock and skips
+--                 those another claim holds, so claims run side by side; a job's items
+--                 go out in order while one claim at a time serves it.
+--   count_moves   a completion records what it finished here, one row per (job, lane,
+--                 tenant) and statement, and locks no counter. `fold_count_moves` moves
+--                 them into jobs.n_done and queue_counts.unfinished (and finishes the
+--                 jobs they complete) in batches; readers add what is not folded yet.
+
+ALTER TABLE job_cursors RENAME COLUMN total TO last_seq;       -- the stripe ends at this seq
+ALTER TABLE job_cursors ADD COLUMN stripe smallint NOT NULL DEFAULT 0;
+ALTER TABLE job_cursors ALTER COLUMN stripe DROP DEFAULT;
+ALTER TABLE job_cursors DROP CONSTRAINT job_cursors_pkey;
+ALTER TABLE job_cursors ADD PRIMARY KEY (job_id, stripe);
+DROP INDEX job_cursors_next;
+CREATE INDEX job_cursors_next ON job_cursors (lane, tenant_id, priority DESC, job_seq, stripe);
+
+CREATE TABLE count_moves (
+    tenant_id    text NOT NULL,
+    lane         text NOT NULL,
+    job_id       uuid NOT NULL,
+    n_done       integer NOT NULL CHECK (n_done > 0)
+);
+CREATE INDEX count_moves_owner ON count_moves (tenant_id, lane, job_id);
