@@ -246,3 +246,31 @@ async def test_counts_are_exact_before_the_fold_and_the_fold_finishes_the_job(
     finally:
         await conn.close()
         await client.close()
+
+
+async def test_counts_left_by_a_replica_that_died_are_folded_by_another(
+    start_scheduler: StartScheduler, database_url: str
+) -> None:
+    # Completions committed straight to the database stand for a replica killed before its
+    # folder ran: only another replica's sweep can finish the job.
+    first = Client(await start_scheduler())
+    conn = await asyncpg.connect(database_url)
+    try:
+        await first.tenant("t")
+        job = await first.submit("t", 2)
+        await first.app.outcomes.counts.stop()  # the first replica's folder is gone
+        rows = [r for r in await claims.claim(conn, LANE, {"t": 2}, "gone", 30.0) if r["id"] is not None]
+        await conn.fetch(QUERIES["complete_items"], [r["id"] for r in rows], [r["lease"] for r in rows],
+                         ["{}"] * 2, [None] * 2)
+        second = Client(await start_scheduler())
+        try:
+            async with asyncio.timeout(15):
+                async for event in second.api.WatchJob(pb.WatchJobRequest(tenant="t", job_id=job.id)):
+                    if event.HasField("job") and event.job.status == pb.JOB_DONE:
+                        break
+            assert await conn.fetchval("SELECT count(*) FROM count_moves") == 0
+        finally:
+            await second.close()
+    finally:
+        await conn.close()
+        await first.close()
