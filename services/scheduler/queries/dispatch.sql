@@ -109,6 +109,8 @@ WITH wanted AS (
         ORDER BY seq LIMIT t.take
     ) i
     WHERE t.kind = 1
+), job_info AS (
+    SELECT id, provider, model, operation FROM jobs WHERE id = ANY(ARRAY(SELECT DISTINCT job_id FROM chosen))
 ), leased AS (
     INSERT INTO leases (item_id, lease, job_id, tenant_id, lane, worker, attempt, leased_until)
     SELECT id, nextval('lease_numbers'), job_id, tenant_id, $1, $4, attempts + 1, now() + make_interval(secs => $5)
@@ -118,7 +120,7 @@ WITH wanted AS (
 SELECT r.tenant_id AS room_tenant, r.n AS room, r.deferred, c.id, c.job_id, c.tenant_id, l.lease,
        l.attempt AS attempts, c.input, c.upstream_id, l.leased_until, j.provider, j.model, j.operation
 FROM room r
-LEFT JOIN (leased l JOIN chosen c ON c.id = l.item_id JOIN jobs j ON j.id = c.job_id) ON c.tenant_id = r.tenant_id;
+LEFT JOIN (leased l JOIN chosen c ON c.id = l.item_id JOIN job_info j ON j.id = c.job_id) ON c.tenant_id = r.tenant_id;
 
 -- name: job_stripes_left
 -- Which of these tenants still have items to dispatch in lane $1 (after a claim that came

@@ -7,7 +7,7 @@
 -- Lock order, in every transaction that moves items: tenants (by id), then queue_counts
 -- (by lane, tenant), then job_cursors, then leases, then items, then jobs. Each lock_*
 -- statement runs first in its transaction, so two transactions never wait on each other
--- in a cycle. A completion locks only leases (by item id) and items, and inserts
+-- in a cycle. A completion locks only its leases and items, and inserts
 -- count_moves: it takes no counter lock. fold_count_moves locks queue_counts (by lane,
 -- tenant) and then jobs, like the others. Claims take job cursors and retries SKIP LOCKED
 -- and insert leases: they wait on no lease or item.
@@ -29,13 +29,12 @@ RETURNING id;
 -- name: complete_items
 -- Fenced: only the current lease holder completes an item, once. The counts move through
 -- count_moves: fold_count_moves adds them to the job and the (lane, tenant) counters and
--- finishes the job when this was its last unfinished item. Leases are locked in item
--- order, so two completions of the same items (a retried request) cannot deadlock.
-WITH held AS (
-    SELECT item_id FROM leases WHERE item_id = ANY($1::uuid[]) ORDER BY item_id FOR UPDATE
-), released AS (
+-- finishes the job when this was its last unfinished item. Only two completions of the
+-- same items (a retried request, on two replicas at once) can wait on each other; should
+-- they deadlock, the loser runs again and finds the items completed.
+WITH released AS (
     DELETE FROM leases l USING unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS c(id, lease, output, usage)
-    WHERE l.item_id = ANY(ARRAY(SELECT item_id FROM held)) AND l.item_id = c.id AND l.lease = c.lease
+    WHERE l.item_id = ANY($1::uuid[]) AND l.item_id = c.id AND l.lease = c.lease
     RETURNING l.item_id, l.attempt, l.started_at, c.output, c.usage
 ), done AS (
     UPDATE items i SET status = 'DONE', output = r.output, usage = r.usage, error = NULL, attempts = r.attempt,
