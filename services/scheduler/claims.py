@@ -3,9 +3,10 @@
     rows = await claim(conn, "replicate:create", {"t1": 3, "t2": 1}, "scheduler-0", 30.0)
     left = await stripes_left(conn, "replicate:create", short_of_room(picks, rows))
 
-A row per leased item (`id` set), and one with `id` NULL for each tenant that got none;
-`room` says what the tenant's max_concurrency allowed, so the caller tells "capped" from
-"ran out of items" or, with `stripes_left`, from "held by another claim for the moment".
+A row per picked tenant (`id` NULL, `room_tenant` set), whose `room` says what the
+tenant's max_concurrency allowed, so the caller tells "capped" from "ran out of items" or,
+with `stripes_left`, from "held by another claim for the moment"; then a row per leased
+item (`id` set).
 See `queries/dispatch.sql` (`claim_items`).
 """
 
@@ -46,8 +47,9 @@ def short_of_room(picks: dict[str, int], rows: list[asyncpg.Record]) -> list[str
     got: dict[str, int] = {}
     room: dict[str, int] = {}
     for row in rows:
-        room[row["room_tenant"]] = row["room"]
-        if row["id"] is not None:
+        if row["id"] is None:
+            room[row["room_tenant"]] = row["room"]
+        else:
             got[row["tenant_id"]] = got.get(row["tenant_id"], 0) + 1
     return [t for t, n in picks.items() if got.get(t, 0) < min(n, room.get(t, n))]
 

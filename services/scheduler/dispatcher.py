@@ -369,7 +369,7 @@ class Dispatcher:
         held_elsewhere: set[str],
     ) -> None:
         """Where the database handed out fewer items than picked, learn why."""
-        room = {row["room_tenant"]: row["room"] for row in rows}
+        room = {row["room_tenant"]: row["room"] for row in rows if row["id"] is None}
         for tenant, n in picks.items():
             got = claimed.get(tenant, 0)
             if got >= n:

@@ -34,8 +34,8 @@ ORDER BY q.lane, q.tenant_id FOR UPDATE OF q;
 -- max_concurrency: with $6 false, a tenant with a cap gets nothing and comes back
 -- `deferred`, for the caller to claim again after `lock_counts_for_claim`, with $6 true;
 -- then the room is its cap minus its leases in every lane, counted after that lock.
--- One row per leased item, plus one with a NULL id for each tenant that got none; `room`
--- is what the cap allowed, so the caller tells "capped" from "ran out of items".
+-- One row per picked tenant (`id` NULL) with `room`, what its cap allowed, so the caller
+-- tells "capped" from "ran out of items"; then one row per leased item.
 WITH wanted AS (
     SELECT w.tenant_id, w.n, t.max_concurrency AS cap
     FROM unnest($2::text[], $3::int[]) AS w(tenant_id, n) JOIN tenants t ON t.id = w.tenant_id
@@ -88,17 +88,21 @@ WITH wanted AS (
         FROM candidates c
     ) s WHERE take > 0
 ), advanced AS (
-    UPDATE job_cursors c SET dispatched = c.dispatched + t.take
-    FROM taken t
-    WHERE c.job_id = ANY(ARRAY(SELECT job_id FROM taken WHERE kind = 1 AND take < size))
-      AND c.job_id = t.job_id AND c.stripe = t.stripe AND t.kind = 1 AND t.take < t.size
+    -- From arrays, so that each stripe is one primary-key probe (a join with `taken` can be
+    -- planned as a loop over all of it for each row).
+    UPDATE job_cursors c SET dispatched = c.dispatched + u.take
+    FROM unnest(ARRAY(SELECT job_id FROM taken WHERE kind = 1 AND take < size),
+                ARRAY(SELECT stripe FROM taken WHERE kind = 1 AND take < size),
+                ARRAY(SELECT take FROM taken WHERE kind = 1 AND take < size)) AS u(job_id, stripe, take)
+    WHERE c.job_id = u.job_id AND c.stripe = u.stripe
 ), exhausted AS (
-    DELETE FROM job_cursors c USING taken t
-    WHERE c.job_id = ANY(ARRAY(SELECT job_id FROM taken WHERE kind = 1 AND take = size))
-      AND c.job_id = t.job_id AND c.stripe = t.stripe AND t.kind = 1 AND t.take = t.size
+    DELETE FROM job_cursors c
+    USING unnest(ARRAY(SELECT job_id FROM taken WHERE kind = 1 AND take = size),
+                 ARRAY(SELECT stripe FROM taken WHERE kind = 1 AND take = size)) AS u(job_id, stripe)
+    WHERE c.job_id = u.job_id AND c.stripe = u.stripe
 ), unqueued AS (
     DELETE FROM retries WHERE item_id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0))
-), chosen AS (
+), items_taken AS (
     SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id
     FROM items i WHERE i.id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0)) AND i.status = 'PENDING'
     UNION ALL
@@ -109,18 +113,23 @@ WITH wanted AS (
         ORDER BY seq LIMIT t.take
     ) i
     WHERE t.kind = 1
-), job_info AS (
-    SELECT id, provider, model, operation FROM jobs WHERE id = ANY(ARRAY(SELECT DISTINCT job_id FROM chosen))
+), chosen AS (
+    SELECT *, nextval('lease_numbers') AS lease, attempts + 1 AS attempt,
+           now() + make_interval(secs => $5) AS leased_until
+    FROM items_taken
 ), leased AS (
     INSERT INTO leases (item_id, lease, job_id, tenant_id, lane, worker, attempt, leased_until)
-    SELECT id, nextval('lease_numbers'), job_id, tenant_id, $1, $4, attempts + 1, now() + make_interval(secs => $5)
-    FROM chosen
-    RETURNING item_id, lease, attempt, leased_until
+    SELECT id, lease, job_id, tenant_id, $1, $4, attempt, leased_until FROM chosen
 )
-SELECT r.tenant_id AS room_tenant, r.n AS room, r.deferred, c.id, c.job_id, c.tenant_id, l.lease,
-       l.attempt AS attempts, c.input, c.upstream_id, l.leased_until, j.provider, j.model, j.operation
+SELECT r.tenant_id AS room_tenant, r.n AS room, r.deferred, NULL::uuid AS id, NULL::uuid AS job_id,
+       NULL::text AS tenant_id, NULL::bigint AS lease, NULL::int AS attempts, NULL::text AS input,
+       NULL::text AS upstream_id, NULL::timestamptz AS leased_until, NULL::text AS provider, NULL::text AS model,
+       NULL::text AS operation
 FROM room r
-LEFT JOIN (leased l JOIN chosen c ON c.id = l.item_id JOIN job_info j ON j.id = c.job_id) ON c.tenant_id = r.tenant_id;
+UNION ALL
+SELECT NULL, NULL, NULL, c.id, c.job_id, c.tenant_id, c.lease, c.attempt, c.input, c.upstream_id, c.leased_until,
+       j.provider, j.model, j.operation
+FROM chosen c JOIN jobs j ON j.id = c.job_id;
 
 -- name: job_stripes_left
 -- Which of these tenants still have items to dispatch in lane $1 (after a claim that came
