@@ -6,7 +6,9 @@
 --   job_cursors   a job's range 1..items_total is cut into stripes, a cursor row each
 --                 (stripe 0 first). A claim takes the first stripes it can lock and skips
 --                 those another claim holds, so claims run side by side; a job's items
---                 go out in order while one claim at a time serves it.
+--                 go out in order while one claim at a time serves it. The row carries
+--                 the job's provider, model and operation, which a claim hands out with
+--                 each item, so that a claim reads no `jobs` row.
 --   count_moves   a completion records what it finished here, one row per (job, lane,
 --                 tenant) and statement, and locks no counter. `fold_count_moves` moves
 --                 them into jobs.n_done and queue_counts.unfinished (and finishes the
@@ -15,6 +17,11 @@
 ALTER TABLE job_cursors RENAME COLUMN total TO last_seq;       -- the stripe ends at this seq
 ALTER TABLE job_cursors ADD COLUMN stripe smallint NOT NULL DEFAULT 0;
 ALTER TABLE job_cursors ALTER COLUMN stripe DROP DEFAULT;
+ALTER TABLE job_cursors ADD COLUMN provider text, ADD COLUMN model text, ADD COLUMN operation text;
+UPDATE job_cursors c SET provider = j.provider, model = j.model, operation = j.operation
+FROM jobs j WHERE j.id = c.job_id;
+ALTER TABLE job_cursors ALTER COLUMN provider SET NOT NULL, ALTER COLUMN model SET NOT NULL,
+    ALTER COLUMN operation SET NOT NULL;
 ALTER TABLE job_cursors DROP CONSTRAINT job_cursors_pkey;
 ALTER TABLE job_cursors ADD PRIMARY KEY (job_id, stripe);
 DROP INDEX job_cursors_next;

@@ -52,7 +52,8 @@ WITH wanted AS (
     ORDER BY w.tenant_id
 ), candidates AS (
     SELECT r.tenant_id, r.n, p.priority, 0 AS kind, p.run_after, 0::bigint AS job_seq, 0::smallint AS stripe,
-           p.item_id, NULL::uuid AS job_id, 0 AS dispatched, 0 AS last_seq, 1 AS size
+           p.item_id, NULL::uuid AS job_id, 0 AS dispatched, 0 AS last_seq, 1 AS size,
+           NULL::text AS provider, NULL::text AS model, NULL::text AS operation
     FROM room r CROSS JOIN LATERAL (
         SELECT item_id, priority, run_after FROM retries
         WHERE lane = $1 AND tenant_id = r.tenant_id AND run_after <= now()
@@ -61,18 +62,19 @@ WITH wanted AS (
     WHERE r.n > 0 AND EXISTS (SELECT 1 FROM retries WHERE lane = $1 AND run_after <= now())
     UNION ALL
     SELECT r.tenant_id, r.n, c.priority, 1, NULL, c.job_seq, c.stripe, NULL, c.job_id, c.dispatched, c.last_seq,
-           c.last_seq - c.dispatched
+           c.last_seq - c.dispatched, c.provider, c.model, c.operation
     FROM room r CROSS JOIN LATERAL (
         -- The tenant's first stripe that no other claim holds; more only if it holds fewer
         -- items than wanted (a tenant's big job needs one, its small jobs one each).
-        SELECT job_id, stripe, priority, job_seq, dispatched, last_seq FROM job_cursors
+        SELECT job_id, stripe, priority, job_seq, dispatched, last_seq, provider, model, operation FROM job_cursors
         WHERE r.n > 0 AND lane = $1 AND tenant_id = r.tenant_id
         ORDER BY priority DESC, job_seq, stripe LIMIT 1 FOR UPDATE SKIP LOCKED
     ) f CROSS JOIN LATERAL (
-        SELECT f.job_id, f.stripe, f.priority, f.job_seq, f.dispatched, f.last_seq
+        SELECT f.job_id, f.stripe, f.priority, f.job_seq, f.dispatched, f.last_seq, f.provider, f.model, f.operation
         UNION ALL
         SELECT * FROM (
-            SELECT job_id, stripe, priority, job_seq, dispatched, last_seq FROM job_cursors
+            SELECT job_id, stripe, priority, job_seq, dispatched, last_seq, provider, model, operation
+            FROM job_cursors
             WHERE f.last_seq - f.dispatched < r.n AND lane = $1 AND tenant_id = r.tenant_id
               AND (job_id, stripe) <> (f.job_id, f.stripe)
             ORDER BY priority DESC, job_seq, stripe LIMIT r.n - 1 FOR UPDATE SKIP LOCKED
@@ -103,10 +105,11 @@ WITH wanted AS (
 ), unqueued AS (
     DELETE FROM retries WHERE item_id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0))
 ), items_taken AS (
-    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id
-    FROM items i WHERE i.id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0)) AND i.status = 'PENDING'
+    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id, j.provider, j.model, j.operation
+    FROM items i JOIN jobs j ON j.id = i.job_id
+    WHERE i.id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0)) AND i.status = 'PENDING'
     UNION ALL
-    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id
+    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id, t.provider, t.model, t.operation
     FROM taken t CROSS JOIN LATERAL (
         SELECT id, job_id, tenant_id, attempts, input, upstream_id FROM items
         WHERE job_id = t.job_id AND seq > t.dispatched AND seq <= t.last_seq AND status = 'PENDING'
@@ -128,8 +131,8 @@ SELECT r.tenant_id AS room_tenant, r.n AS room, r.deferred, NULL::uuid AS id, NU
 FROM room r
 UNION ALL
 SELECT NULL, NULL, NULL, c.id, c.job_id, c.tenant_id, c.lease, c.attempt, c.input, c.upstream_id, c.leased_until,
-       j.provider, j.model, j.operation
-FROM chosen c JOIN jobs j ON j.id = c.job_id;
+       c.provider, c.model, c.operation
+FROM chosen c;
 
 -- name: job_stripes_left
 -- Which of these tenants still have items to dispatch in lane $1 (after a claim that came

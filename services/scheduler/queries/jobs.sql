@@ -34,9 +34,12 @@ FROM unnest($6::text[], $7::text[], $8::int[]) WITH ORDINALITY AS u(ref, input, 
 -- The job's items (seq 1..$6) are dispatched from here, in stripes: one per 256 items, at
 -- most 8, so that up to 8 claims serve the job side by side. `job_seq` was taken under the
 -- tenant lock, so it orders the tenant's jobs as they were submitted.
-INSERT INTO job_cursors (job_id, stripe, lane, tenant_id, priority, job_seq, dispatched, last_seq, created_at)
-SELECT $1, s, $2, $3, $4, $5, ($6::bigint * s / k)::int, ($6::bigint * (s + 1) / k)::int, $7
-FROM (SELECT least(8, ($6 + 255) / 256) AS k) c, generate_series(0, c.k - 1) s;
+INSERT INTO job_cursors (job_id, stripe, lane, tenant_id, priority, job_seq, dispatched, last_seq, created_at,
+                         provider, model, operation)
+SELECT $1, s, $2, $3, $4, $5, ($6::bigint * s / k)::int, ($6::bigint * (s + 1) / k)::int, $7,
+       j.provider, j.model, j.operation
+FROM jobs j, (SELECT least(8, ($6 + 255) / 256) AS k) c, generate_series(0, c.k - 1) s
+WHERE j.id = $1;
 
 -- name: count_submitted
 -- Last statement of a submit, so that the counter row is locked only for a moment.
