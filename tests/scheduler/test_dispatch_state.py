@@ -12,6 +12,7 @@ import pytest
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.scheduler import claims, counts, events
+from services.scheduler.fairness import LaneShares
 from services.scheduler.server import SchedulerApp
 from services.scheduler.sql import QUERIES
 from tests.scheduler.conftest import (
@@ -274,3 +275,14 @@ async def test_counts_left_by_a_replica_that_died_are_folded_by_another(
     finally:
         await conn.close()
         await first.close()
+
+
+async def test_a_short_claim_forgets_a_backlog_only_when_no_stripes_are_left(scheduler: SchedulerApp) -> None:
+    # Two tenants came back with nothing: one's stripes were held by another replica's claim
+    # (`stripes_left` named it), the other had run dry. Only the latter's count is dropped.
+    shares = LaneShares()
+    shares.set_backlog("held", 10)
+    shares.set_backlog("dry", 10)
+    rows = [{"room_tenant": t, "room": 5, "id": None} for t in ("held", "dry")]
+    scheduler.dispatcher._correct_index(shares, {"held": 5, "dry": 5}, {}, rows, {"held"})
+    assert (shares.backlog("held"), shares.backlog("dry")) == (10, 0)
