@@ -47,7 +47,7 @@ def job_status(row: Any) -> pb.JobStatus.ValueType:
         if row["canceled"]:
             return pb.JOB_CANCELED
         return pb.JOB_FAILED if row["n_failed"] else pb.JOB_DONE
-    if row["n_pending"] == row["items_total"] and not row["canceled"]:
+    if row["n_pending"] == row["items_total"] and not row["canceled"] and not row["retrying"]:
         return pb.JOB_PENDING
     return pb.JOB_PROCESSING
 

@@ -292,3 +292,16 @@ async def test_values_postgresql_cannot_store_are_invalid_and_change_nothing(
     assert await db.fetchval("SELECT credits FROM tenants WHERE id = 't'") == 10
     assert await db.fetchval("SELECT count(*) FROM jobs") == 0
     await ledger_reconciles(db)
+
+
+async def test_a_job_waiting_to_retry_has_started(client: Client, predictor: FakePredictor) -> None:
+    await client.tenant("t")
+    job = await client.submit("t", 1)
+    assert (await client.api.GetJob(pb.GetJobRequest(tenant="t", job_id=job.id))).status == pb.JOB_PENDING
+    predictor.ready(1)
+    await predictor.fail(await predictor.take(1), "503", retryable=True, retry_after_s=3600)
+    seen = await client.api.GetJob(pb.GetJobRequest(tenant="t", job_id=job.id))
+    assert (seen.status, seen.counts.pending) == (pb.JOB_PROCESSING, 1)
+    for status, listed in ((pb.JOB_PENDING, False), (pb.JOB_PROCESSING, True)):
+        page = await client.api.ListJobs(pb.ListJobsRequest(tenant="t", status=status))
+        assert (job.id in {j.id for j in page.jobs}) is listed, status

@@ -27,6 +27,12 @@ ALTER TABLE job_cursors ADD PRIMARY KEY (job_id, stripe);
 DROP INDEX job_cursors_next;
 CREATE INDEX job_cursors_next ON job_cursors (lane, tenant_id, priority DESC, job_seq, stripe);
 
+-- A job with an item waiting for another attempt has started: its status is not PENDING.
+ALTER TABLE retries ADD COLUMN job_id uuid;
+UPDATE retries r SET job_id = i.job_id FROM items i WHERE i.id = r.item_id;
+ALTER TABLE retries ALTER COLUMN job_id SET NOT NULL;
+CREATE INDEX retries_job ON retries (job_id);
+
 CREATE TABLE count_moves (
     tenant_id    text NOT NULL,
     lane         text NOT NULL,

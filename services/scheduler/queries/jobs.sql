@@ -55,6 +55,7 @@ SELECT pg_notify('fairway_backlog', $1);
 SELECT j.id, j.tenant_id, j.provider, j.model, j.operation, j.priority, j.metadata::text AS metadata,
        j.items_total, j.items_total - (j.n_done + d.n) - j.n_failed - j.n_canceled - f.n AS n_pending,
        f.n AS n_processing, (j.n_done + d.n)::int AS n_done, j.n_failed, j.n_canceled, j.canceled,
+       EXISTS (SELECT 1 FROM retries r WHERE r.job_id = j.id) AS retrying,
        j.created_at, j.updated_at, j.finished_at
 FROM jobs j
 CROSS JOIN LATERAL (SELECT count(*) AS n FROM leases l WHERE l.tenant_id = j.tenant_id AND l.job_id = j.id) f
@@ -63,10 +64,12 @@ CROSS JOIN LATERAL (SELECT coalesce(sum(n_done), 0) AS n FROM count_moves m
 WHERE j.id = $1 AND ($2 = '' OR j.tenant_id = $2);
 
 -- name: list_jobs
--- A job is PENDING while none of its items has started: none finished and none in flight.
+-- A job is PENDING while none of its items has started: none finished, none in flight and
+-- none waiting for another attempt.
 SELECT j.id, j.tenant_id, j.provider, j.model, j.operation, j.priority, j.metadata::text AS metadata,
        j.items_total, j.items_total - (j.n_done + d.n) - j.n_failed - j.n_canceled - f.n AS n_pending,
        f.n AS n_processing, (j.n_done + d.n)::int AS n_done, j.n_failed, j.n_canceled, j.canceled,
+       EXISTS (SELECT 1 FROM retries r WHERE r.job_id = j.id) AS retrying,
        j.created_at, j.updated_at, j.finished_at, j.seq
 FROM jobs j
 CROSS JOIN LATERAL (SELECT count(*) AS n FROM leases l WHERE l.tenant_id = j.tenant_id AND l.job_id = j.id) f
@@ -75,7 +78,9 @@ CROSS JOIN LATERAL (SELECT coalesce(sum(n_done), 0) AS n FROM count_moves m
 WHERE ($1 = '' OR j.tenant_id = $1) AND j.seq < $2
   AND ($3 = '' OR CASE $3
         WHEN 'PENDING' THEN j.finished_at IS NULL AND j.n_done + d.n + j.n_failed + j.n_canceled + f.n = 0
-        WHEN 'PROCESSING' THEN j.finished_at IS NULL AND j.n_done + d.n + j.n_failed + j.n_canceled + f.n > 0
+                            AND NOT EXISTS (SELECT 1 FROM retries r WHERE r.job_id = j.id)
+        WHEN 'PROCESSING' THEN j.finished_at IS NULL AND (j.n_done + d.n + j.n_failed + j.n_canceled + f.n > 0
+                            OR EXISTS (SELECT 1 FROM retries r WHERE r.job_id = j.id))
         WHEN 'DONE' THEN j.finished_at IS NOT NULL AND NOT j.canceled AND j.n_failed = 0
         WHEN 'FAILED' THEN j.finished_at IS NOT NULL AND NOT j.canceled AND j.n_failed > 0
         WHEN 'CANCELED' THEN j.canceled END)

@@ -105,8 +105,9 @@ WITH f AS (
               CASE WHEN r.again THEN greatest(r.retry_after, random() * least(
                   $8::float8, $7::float8 * 2 ^ greatest(r.attempts - 1, 0))) ELSE 0 END AS delay_s
 ), requeued AS (
-    INSERT INTO retries (item_id, lane, tenant_id, priority, run_after)
-    SELECT id, lane, tenant_id, priority, now() + make_interval(secs => delay_s) FROM changed WHERE status = 'PENDING'
+    INSERT INTO retries (item_id, job_id, lane, tenant_id, priority, run_after)
+    SELECT id, job_id, lane, tenant_id, priority, now() + make_interval(secs => delay_s)
+    FROM changed WHERE status = 'PENDING'
 ), counted AS (
     -- A retried item stays unfinished: only the failed ones change the counters.
     UPDATE jobs j SET n_failed = j.n_failed + c.failed, updated_at = now(),
