@@ -77,3 +77,15 @@ class Limits(_Strict):
 
 def openai_budget(model: str) -> str:
     return OPENAI_PREFIX + model
+
+
+def lane_scope(lane: str) -> tuple[str, str | None]:
+    """The provider and model whose items queue in a lane (one upstream budget).
+
+    >>> lane_scope("openai:gpt-4o-mini"), lane_scope("replicate:create")
+    (('openai', 'gpt-4o-mini'), ('replicate', None))
+
+    Replicate's creates share one budget across models, so its lane names no model.
+    """
+    provider, _, rest = lane.partition(":")
+    return provider, rest if lane.startswith(OPENAI_PREFIX) else None

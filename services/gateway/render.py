@@ -13,6 +13,8 @@ from typing import Any
 from fairway.ratelimiter.v1 import ratelimiter_pb2
 from fairway.scheduler.v1 import scheduler_pb2
 
+from services.common.limits import lane_scope
+
 JOB_STATUSES = ("PENDING", "PROCESSING", "DONE", "FAILED", "CANCELED")
 ITEM_STATUSES = JOB_STATUSES
 TERMINAL_JOB = frozenset({"DONE", "FAILED", "CANCELED"})
@@ -127,8 +129,10 @@ def queue_stats(q: scheduler_pb2.QueueStats) -> dict[str, Any]:
         for t in q.tenants
     ]
     lanes = [
-        {"lane": lane.lane, "queued": lane.queued, "processing": lane.processing, "tenants": lane.tenants}
+        {"lane": lane.lane, "provider": provider, "model": model, "queued": lane.queued,
+         "processing": lane.processing, "tenants": lane.tenants}
         for lane in q.lanes
+        for provider, model in [lane_scope(lane.lane)]
     ]
     return {
         "tenants": tenants,

@@ -22,7 +22,7 @@ def queue() -> scheduler_pb2.QueueStats:
         ],
         lanes=[
             scheduler_pb2.LaneQueue(lane="openai:gpt-4o-mini", queued=4, processing=1, tenants=2),
-            scheduler_pb2.LaneQueue(lane="replicate:google/nano-banana", queued=2, processing=1, tenants=1),
+            scheduler_pb2.LaneQueue(lane="replicate:create", queued=2, processing=1, tenants=1),
         ],
     )
 
@@ -39,7 +39,12 @@ async def test_queue_stats_shape(client: httpx.AsyncClient, fakes: Fakes) -> Non
         "oldest_queued_age_s": 1.25,
         "dispatched_last_minute": 30,
     }
-    assert body["lanes"][0] == {"lane": "openai:gpt-4o-mini", "queued": 4, "processing": 1, "tenants": 2}
+    assert body["lanes"] == [
+        {"lane": "openai:gpt-4o-mini", "provider": "openai", "model": "gpt-4o-mini", "queued": 4, "processing": 1,
+         "tenants": 2},
+        {"lane": "replicate:create", "provider": "replicate", "model": None, "queued": 2, "processing": 1,
+         "tenants": 1},
+    ]
     assert body["totals"] == {"queued": 6, "processing": 2}
 
 
