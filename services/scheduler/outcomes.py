@@ -208,7 +208,7 @@ class Outcomes:
         the same, only one transaction is aborted, and it simply runs again."""
         for attempt in range(_DEADLOCK_RETRIES):
             try:
-                if not locks:  # the statement takes its locks itself (complete_items)
+                if not locks:  # a statement that needs no lock first (complete_items)
                     return list(await self._pool.fetch(query, ids, *args))
                 async with self._pool.acquire() as conn, conn.transaction():
                     for lock in locks:
