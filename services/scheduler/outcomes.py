@@ -204,8 +204,9 @@ class Outcomes:
 
     async def _moving(self, locks: Sequence[str], query: str, ids: list[uuid.UUID], *args: Any) -> list[Any]:
         """Run a statement that moves items, after taking its row locks in the global order
-        (see queries/outcomes.sql). A deadlock would be a bug in that order; should one happen all
-        the same, only one transaction is aborted, and it simply runs again."""
+        (see queries/outcomes.sql). A deadlock would be a bug in that order, or two completions of
+        the same items at once; should one happen, only one transaction is aborted, and it simply
+        runs again."""
         for attempt in range(_DEADLOCK_RETRIES):
             try:
                 if not locks:  # a statement that needs no lock first (complete_items)
