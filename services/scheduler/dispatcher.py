@@ -20,12 +20,13 @@ import json
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any
 
 import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
+from services.common.limits import lane_scope
 from services.common.logging import get_logger
 from services.ratelimiter.client import BudgetClient, GrantRef
 from services.ratelimiter.errors import BudgetUnavailable
@@ -54,7 +55,7 @@ _USAGE_EWMA = 0.02
 
 
 def provider_of(lane: str) -> str:
-    return lane.split(":", 1)[0]
+    return lane_scope(lane)[0]
 
 
 class Dispatcher:
@@ -320,10 +321,11 @@ class Dispatcher:
             picks = shares.pick(len(acquired.grants), self._tenants.weight, self._headroom)
         async with self._pool.acquire() as conn:
             rows = await claim(conn, lane, picks, self._replica, self._config.lease_seconds)
-            held_elsewhere = await stripes_left(conn, lane, short_of_room(picks, rows))
+            short = short_of_room(picks, rows)
+            held_elsewhere = await stripes_left(conn, lane, short)
         claimed, handed_back, unused = self._hand_out(rows, list(acquired.grants))
         self._signals.touch({str(row["job_id"]) for row in rows if row["id"] is not None})
-        self._correct_index(shares, picks, claimed, rows, held_elsewhere)
+        self._correct_index(shares, picks, claimed, set(short), held_elsewhere)
         shares.commit(dict(claimed), self._tenants.weight)
         if unused:
             await self._budgets.release(unused)
@@ -365,11 +367,11 @@ class Dispatcher:
         return claimed, handed_back, unused
 
     def _correct_index(
-        self, shares: LaneShares, picks: dict[str, int], claimed: dict[str, int], rows: list[asyncpg.Record],
+        self, shares: LaneShares, picks: dict[str, int], claimed: dict[str, int], short: Collection[str],
         held_elsewhere: set[str],
     ) -> None:
-        """Where the database handed out fewer items than picked, learn why."""
-        room = {row["room_tenant"]: row["room"] for row in rows if row["id"] is None}
+        """Where the database handed out fewer items than picked, learn why: `short` got
+        less than their cap allowed, the others that got less were capped."""
         for tenant, n in picks.items():
             got = claimed.get(tenant, 0)
             if got >= n:
@@ -378,7 +380,7 @@ class Dispatcher:
                 # Another replica's claim held some of its job stripes: the items are
                 # there, and the index keeps counting them.
                 continue
-            if got < room.get(tenant, n):
+            if tenant in short:
                 # The index believed in items that are not ready (claimed by another
                 # replica, or waiting out a retry backoff): trust the database.
                 shares.set_backlog(tenant, got)

@@ -71,7 +71,8 @@ class Outcomes:
             if text := usage.get(str(row["id"])):
                 self._dispatcher.observe_usage(row["lane"], text)
         self._after(rows)
-        self.counts.wake()
+        if rows:
+            self.counts.wake()
         done = {str(r["id"]) for r in rows}
         return [c.lease.item_id in done for c in batch]
 

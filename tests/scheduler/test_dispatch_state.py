@@ -283,6 +283,5 @@ async def test_a_short_claim_forgets_a_backlog_only_when_no_stripes_are_left(sch
     shares = LaneShares()
     shares.set_backlog("held", 10)
     shares.set_backlog("dry", 10)
-    rows = [{"room_tenant": t, "room": 5, "id": None} for t in ("held", "dry")]
-    scheduler.dispatcher._correct_index(shares, {"held": 5, "dry": 5}, {}, rows, {"held"})
+    scheduler.dispatcher._correct_index(shares, {"held": 5, "dry": 5}, {}, ["held", "dry"], {"held"})
     assert (shares.backlog("held"), shares.backlog("dry")) == (10, 0)

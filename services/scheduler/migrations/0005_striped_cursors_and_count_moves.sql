@@ -12,7 +12,8 @@
 --   count_moves   a completion records what it finished here, one row per (job, lane,
 --                 tenant) and statement, and locks no counter. `fold_count_moves` moves
 --                 them into jobs.n_done and queue_counts.unfinished (and finishes the
---                 jobs they complete) in batches; readers add what is not folded yet.
+--                 jobs they complete) in batches; readers add what is not folded yet
+--                 (`queue_unfinished` for the queue counters).
 
 ALTER TABLE job_cursors RENAME COLUMN total TO last_seq;       -- the stripe ends at this seq
 ALTER TABLE job_cursors ADD COLUMN stripe smallint NOT NULL DEFAULT 0;
@@ -40,3 +41,11 @@ CREATE TABLE count_moves (
     n_done       integer NOT NULL CHECK (n_done > 0)
 );
 CREATE INDEX count_moves_owner ON count_moves (tenant_id, lane, job_id);
+
+-- What every reader of the queue counters means by unfinished: the counter less the
+-- completions not folded into it yet. (A filter on tenant_id reaches count_moves too.)
+CREATE VIEW queue_unfinished AS
+SELECT q.lane, q.tenant_id, q.unfinished - coalesce(m.n, 0) AS unfinished
+FROM queue_counts q LEFT JOIN (
+    SELECT lane, tenant_id, sum(n_done) AS n FROM count_moves GROUP BY lane, tenant_id
+) m USING (lane, tenant_id);

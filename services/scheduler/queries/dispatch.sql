@@ -2,16 +2,12 @@
 
 -- name: queue_counts
 -- The dispatch index's resync: one row per (lane, tenant) with anything queued or in flight.
--- Queued = unfinished (less the completions not folded yet) - in flight; all read in one
--- snapshot, so they agree.
-SELECT q.lane, q.tenant_id, q.unfinished - coalesce(m.n, 0) - coalesce(f.n, 0) AS pending,
-       coalesce(f.n, 0) AS processing
-FROM queue_counts q LEFT JOIN (
+-- Queued = unfinished - in flight; both read in one snapshot, so they agree.
+SELECT q.lane, q.tenant_id, q.unfinished - coalesce(f.n, 0) AS pending, coalesce(f.n, 0) AS processing
+FROM queue_unfinished q LEFT JOIN (
     SELECT lane, tenant_id, count(*) AS n FROM leases GROUP BY lane, tenant_id
-) f USING (lane, tenant_id) LEFT JOIN (
-    SELECT lane, tenant_id, sum(n_done) AS n FROM count_moves GROUP BY lane, tenant_id
-) m USING (lane, tenant_id)
-WHERE q.unfinished - coalesce(m.n, 0) > 0;
+) f USING (lane, tenant_id)
+WHERE q.unfinished > 0;
 
 -- name: lock_counts_for_claim
 -- Only tenants with max_concurrency: their claims take turns, so that each counts what the

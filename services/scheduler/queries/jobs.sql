@@ -3,10 +3,9 @@
 -- name: lock_tenant
 -- First statement of a submit: the tenant row lock serializes the tenant's submits, so the
 -- queue limit and the credit balance are checked and changed without a race.
--- Queued = unfinished (counted, less the completions not folded yet) - in flight.
+-- Queued = unfinished - in flight.
 SELECT id, max_queued, credits,
-       (coalesce((SELECT sum(unfinished) FROM queue_counts q WHERE q.tenant_id = t.id), 0)
-        - coalesce((SELECT sum(n_done) FROM count_moves m WHERE m.tenant_id = t.id), 0)
+       (coalesce((SELECT sum(unfinished) FROM queue_unfinished q WHERE q.tenant_id = t.id), 0)
         - (SELECT count(*) FROM leases l WHERE l.tenant_id = t.id))::bigint AS queued
 FROM tenants t WHERE id = $1 FOR UPDATE OF t;
 

@@ -3,13 +3,8 @@
 -- name: queue_by_tenant
 -- From the counters and the leases; the oldest queued item of a tenant is the oldest of its
 -- open jobs (a job's items are all created at submit) and of its items waiting for a retry.
--- Completions not folded yet (`count_moves`) are no longer unfinished.
 WITH unfinished AS (
-    SELECT tenant_id, sum(n) AS n FROM (
-        SELECT tenant_id, unfinished AS n FROM queue_counts
-        UNION ALL
-        SELECT tenant_id, -n_done FROM count_moves
-    ) u GROUP BY tenant_id HAVING sum(n) > 0
+    SELECT tenant_id, sum(unfinished) AS n FROM queue_unfinished GROUP BY tenant_id HAVING sum(unfinished) > 0
 ), flight AS (
     SELECT tenant_id, count(*) AS n FROM leases GROUP BY tenant_id
 ), waiting AS (
@@ -25,12 +20,6 @@ LEFT JOIN (SELECT tenant_id, min(since) AS since FROM waiting GROUP BY tenant_id
 -- name: queue_by_lane
 SELECT q.lane, (sum(q.unfinished) - coalesce(max(f.n), 0))::bigint AS queued,
        coalesce(max(f.n), 0)::bigint AS processing, count(*)::bigint AS tenants
-FROM (
-    SELECT lane, tenant_id, sum(n) AS unfinished FROM (
-        SELECT lane, tenant_id, unfinished AS n FROM queue_counts
-        UNION ALL
-        SELECT lane, tenant_id, -n_done FROM count_moves
-    ) u GROUP BY lane, tenant_id
-) q
+FROM queue_unfinished q
 LEFT JOIN (SELECT lane, count(*) AS n FROM leases GROUP BY lane) f USING (lane)
 WHERE q.unfinished > 0 GROUP BY q.lane;

@@ -13,13 +13,11 @@ INSERT INTO credit_ledger (tenant_id, kind, amount) VALUES ($1, 'grant', $2);
 SELECT id FROM tenants WHERE key_hash = $1;
 
 -- name: get_tenant
--- Queued = unfinished (counted, less the completions not folded yet) - in flight (the
--- tenant's leases).
+-- Queued = unfinished - in flight (the tenant's leases).
 SELECT t.id, t.weight, t.max_concurrency, t.max_queued, t.credits,
-       (u.n - m.n - f.n)::bigint AS queued, f.n::bigint AS processing
+       (u.n - f.n)::bigint AS queued, f.n::bigint AS processing
 FROM tenants t
-CROSS JOIN LATERAL (SELECT coalesce(sum(unfinished), 0) AS n FROM queue_counts q WHERE q.tenant_id = t.id) u
-CROSS JOIN LATERAL (SELECT coalesce(sum(n_done), 0) AS n FROM count_moves m WHERE m.tenant_id = t.id) m
+CROSS JOIN LATERAL (SELECT coalesce(sum(unfinished), 0) AS n FROM queue_unfinished q WHERE q.tenant_id = t.id) u
 CROSS JOIN LATERAL (SELECT count(*) AS n FROM leases l WHERE l.tenant_id = t.id) f
 WHERE t.id = $1;
 
