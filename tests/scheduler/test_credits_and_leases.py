@@ -305,3 +305,34 @@ async def test_a_job_waiting_to_retry_has_started(client: Client, predictor: Fak
     for status, listed in ((pb.JOB_PENDING, False), (pb.JOB_PROCESSING, True)):
         page = await client.api.ListJobs(pb.ListJobsRequest(tenant="t", status=status))
         assert (job.id in {j.id for j in page.jobs}) is listed, status
+
+
+@pytest.mark.parametrize("cut", ["pg_cancel_backend", "pg_terminate_backend"])
+async def test_a_statement_the_database_cuts_off_is_unavailable(
+    client: Client, db: asyncpg.Connection, database_url: str, cut: str
+) -> None:
+    # A submit waits on the tenant's row lock; the database then cancels its statement (an
+    # operator, a shutdown) or ends its connection: the caller is told to retry, and
+    # nothing was queued.
+    await client.tenant("t", credits=10)
+    held = db.transaction()
+    await held.start()
+    await db.execute("SELECT 1 FROM tenants WHERE id = 't' FOR UPDATE")
+    submit = asyncio.ensure_future(client.submit("t", 1))
+    admin = await asyncpg.connect(database_url)
+    try:
+        # PostgreSQL tells no one when a backend starts waiting on a lock: look until it does.
+        async with asyncio.timeout(10):
+            while not await admin.fetchval(  # noqa: ASYNC110
+                f"SELECT {cut}(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE OF t%'"
+            ):
+                await asyncio.sleep(0.01)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await submit
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    finally:
+        await held.rollback()
+        await admin.close()
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+    assert await db.fetchval("SELECT credits FROM tenants WHERE id = 't'") == 10
