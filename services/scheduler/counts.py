@@ -25,17 +25,21 @@ from services.scheduler.sql import QUERIES
 log = get_logger(__name__)
 
 FOLD_BATCH = 10_000
-# A fold is a transaction of its own: after a wake-up, the completions of this long go into
-# one, so that folding costs a small fraction of the completions' commits.
-GATHER_SECONDS = 0.02
-# Moves whose completer did not fold them (its replica died first) are folded within this.
+# A fold is a transaction of its own: after a wake-up, the completions of `delay` seconds go
+# into one, so that folding costs a small fraction of the completions' commits. Moves whose
+# completer did not fold them (its replica died first) are folded by a sweep every `sweep`.
+DELAY_SECONDS = 0.02
 SWEEP_SECONDS = 1.0
 
 
 class CountFolder:
-    def __init__(self, pool: asyncpg.Pool, signals: JobSignals) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, signals: JobSignals, *, delay: float = DELAY_SECONDS, sweep: float = SWEEP_SECONDS
+    ) -> None:
         self._pool = pool
         self._signals = signals
+        self._delay = delay
+        self._sweep = sweep
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -65,10 +69,10 @@ class CountFolder:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), SWEEP_SECONDS)
-                await asyncio.sleep(GATHER_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), self._sweep)
+                await asyncio.sleep(self._delay)
             self._wake.clear()
             try:
                 await self.fold()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("counts not folded (next try within %.0f s): %s", SWEEP_SECONDS, exc)
+                log.warning("counts not folded (next try within %.0f s): %s", self._sweep, exc)

@@ -38,7 +38,7 @@ class Outcomes:
         self._signals = signals
         self._jobs = jobs
         self._config = config
-        self.counts = CountFolder(pool, signals)
+        self.counts = CountFolder(pool, signals, delay=config.fold_delay_seconds, sweep=config.fold_sweep_seconds)
         self._completions = GroupCommit(self._flush_completions, max_batch=500)
         self._failures = GroupCommit(self._flush_failures, max_batch=500)
         self._reaper: asyncio.Task[None] | None = None

@@ -64,12 +64,20 @@ class E2EStack:
     def start(self) -> E2EStack:
         self._start("emulator").wait_http(f"{self.emulator_url}/_emulator/health")
         self._start("ratelimiter").wait_grpc_serving(f"127.0.0.1:{self.ports['ratelimiter']}")
-        self._start("scheduler").wait_grpc_serving(f"127.0.0.1:{self.ports['scheduler']}")
+        self.restart("scheduler")
         self.start_predictor()
         self._start("gateway").wait_http(f"{self.gateway_url}/readyz")
         return self
 
+    def restart(self, name: str) -> ServiceProcess:
+        """Start a gRPC service (again, after a kill) on its port; return once it serves."""
+        process = self._start(name)
+        process.wait_grpc_serving(f"127.0.0.1:{self.ports[name]}")
+        return process
+
     def _start(self, name: str) -> ServiceProcess:
+        if name in self.processes:
+            self.processes[name].stop()  # closes the log of the one it replaces
         process = ServiceProcess(name, env=self._envs[name], log_dir=self.workdir).start()
         self.processes[name] = process
         return process

@@ -53,20 +53,73 @@ def test_predictor_killed_mid_prediction_resumes_without_a_second_create(stack: 
     assert stack.accepted(stack.replicate_token, "replicate.create") == n, "a crash must not create twice"
     assert client.get("/v1/tenants/me").json()["credits"] == 50 - n
 
-    async def ledger() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(stack.database_url)
-        try:
-            records: list[asyncpg.Record] = await conn.fetch(
-                "SELECT kind, count(*) AS n, sum(amount) AS total FROM credit_ledger "
-                "WHERE tenant_id = 'store-crash' GROUP BY kind ORDER BY kind")
-            return records
-        finally:
-            await conn.close()
-
-    rows = {r["kind"]: (r["n"], r["total"]) for r in asyncio.run(ledger())}
+    rows = {r["kind"]: (r["n"], r["total"]) for r in asyncio.run(ledger(stack, "store-crash"))}
     assert rows["charge"][0] == n, "each DONE item charged exactly once"
     assert "refund" not in rows
     assert rows["grant"][1] + rows["reserve"][1] == 50 - n, "the ledger reconciles with the balance"
+
+
+def test_scheduler_killed_with_completions_not_yet_counted_loses_nothing(stack: E2EStack) -> None:
+    # The scheduler is SIGKILLed while its completions of one job are committed but not yet
+    # folded into the job's counters (its folder is held off past the kill), and while the
+    # predictions of another job run upstream. A new scheduler process must finish both, each
+    # item charged once, and create no prediction twice.
+    _restart_scheduler(stack, FAIRWAY_FOLD_DELAY_SECONDS="3600", FAIRWAY_FOLD_SWEEP_SECONDS="3600")
+    _, client = stack.create_tenant("store-scheduler-crash", credits=100)
+    creates_before = stack.accepted(stack.replicate_token, "replicate.create")
+    fast = client.post("/v1/jobs", json={
+        "provider": "openai", "model": "gpt-4o-mini",
+        "items": [{"ref": f"f{i}", "input": {"messages": [{"role": "user", "content": f"kill {i}"}]}}
+                  for i in range(10)],
+    }).json()
+    _wait_until(lambda: client.get(f"/v1/jobs/{fast['id']}").json()["counts"]["DONE"] == 10, "the completions")
+    assert client.get(f"/v1/jobs/{fast['id']}").json()["status"] == "PROCESSING", "the job is not folded yet"
+    assert asyncio.run(_fetchval(stack, "SELECT count(*) FROM count_moves")) > 0
+    slow = client.post("/v1/jobs", json={
+        "provider": "replicate", "model": "google/nano-banana",
+        "items": [{"ref": f"s{i}", "input": {"prompt": f"kill {i}"}} for i in range(6)],
+    }).json()
+    _wait_until(lambda: stack.accepted(stack.replicate_token, "replicate.create") == creates_before + 6, "creates")
+
+    stack.processes["scheduler"].kill()
+    _restart_scheduler(stack, FAIRWAY_FOLD_DELAY_SECONDS="0.02", FAIRWAY_FOLD_SWEEP_SECONDS="1")
+
+    for job, n in ((fast, 10), (slow, 6)):
+        final = wait_terminal(client, job["id"])
+        assert final["status"] == "DONE" and final["counts"]["DONE"] == n, final
+        assert len(all_items(client, job["id"])) == n
+    assert stack.accepted(stack.replicate_token, "replicate.create") == creates_before + 6, "no second create"
+    assert asyncio.run(_fetchval(stack, "SELECT count(*) FROM count_moves")) == 0
+    assert client.get("/v1/tenants/me").json()["credits"] == 100 - 16
+    rows = {r["kind"]: (r["n"], r["total"]) for r in asyncio.run(ledger(stack, "store-scheduler-crash"))}
+    assert rows["charge"][0] == 16, "each DONE item charged exactly once"
+    assert "refund" not in rows
+    assert rows["grant"][1] + rows["reserve"][1] == 100 - 16, "the ledger reconciles with the balance"
+
+
+def _restart_scheduler(stack: E2EStack, **env: str) -> None:
+    stack.processes["scheduler"].kill()  # SIGKILL, as a crash would
+    stack.set_env("scheduler", **env)
+    stack.restart("scheduler")
+
+
+async def ledger(stack: E2EStack, tenant: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        records: list[asyncpg.Record] = await conn.fetch(
+            "SELECT kind, count(*) AS n, sum(amount) AS total FROM credit_ledger "
+            "WHERE tenant_id = $1 GROUP BY kind ORDER BY kind", tenant)
+        return records
+    finally:
+        await conn.close()
+
+
+async def _fetchval(stack: E2EStack, query: str) -> int:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return int(await conn.fetchval(query))
+    finally:
+        await conn.close()
 
 
 def test_cancel_stops_pending_items_and_refunds_them(stack: E2EStack) -> None:

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
-from services.scheduler import claims, counts, events
+from services.scheduler import claims, events
 from services.scheduler.fairness import LaneShares
 from services.scheduler.server import SchedulerApp
 from services.scheduler.sql import QUERIES
@@ -223,11 +223,10 @@ async def test_claims_serve_a_job_side_by_side_from_its_stripes(
 
 
 async def test_counts_are_exact_before_the_fold_and_the_fold_finishes_the_job(
-    start_scheduler: StartScheduler, monkeypatch: pytest.MonkeyPatch, database_url: str
+    start_scheduler: StartScheduler, database_url: str
 ) -> None:
     # No folding but by hand here: completions committed by a replica that died before folding.
-    monkeypatch.setattr(counts, "SWEEP_SECONDS", 3600.0)
-    app = await start_scheduler()
+    app = await start_scheduler(FAIRWAY_FOLD_SWEEP_SECONDS=3600)
     client = Client(app)
     conn = await asyncpg.connect(database_url)
     try:
