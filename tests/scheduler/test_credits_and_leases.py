@@ -298,6 +298,9 @@ async def test_a_job_waiting_to_retry_has_started(client: Client, predictor: Fak
     await client.tenant("t")
     job = await client.submit("t", 1)
     assert (await client.api.GetJob(pb.GetJobRequest(tenant="t", job_id=job.id))).status == pb.JOB_PENDING
+    for status, listed in ((pb.JOB_PENDING, True), (pb.JOB_PROCESSING, False)):
+        page = await client.api.ListJobs(pb.ListJobsRequest(tenant="t", status=status))
+        assert (job.id in {j.id for j in page.jobs}) is listed, status
     predictor.ready(1)
     await predictor.fail(await predictor.take(1), "503", retryable=True, retry_after_s=3600)
     seen = await client.api.GetJob(pb.GetJobRequest(tenant="t", job_id=job.id))

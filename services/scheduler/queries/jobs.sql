@@ -50,40 +50,20 @@ SELECT pg_notify('fairway_backlog', $1);
 
 -- name: get_job
 -- Queued and in-flight counts are derived: the job row changes only when items finish.
--- Done = the job's count plus its completions not folded yet (`count_moves`).
-SELECT j.id, j.tenant_id, j.provider, j.model, j.operation, j.priority, j.metadata::text AS metadata,
-       j.items_total, j.items_total - (j.n_done + d.n) - j.n_failed - j.n_canceled - f.n AS n_pending,
-       f.n AS n_processing, (j.n_done + d.n)::int AS n_done, j.n_failed, j.n_canceled, j.canceled,
-       EXISTS (SELECT 1 FROM retries r WHERE r.job_id = j.id) AS retrying,
-       j.created_at, j.updated_at, j.finished_at
-FROM jobs j
-CROSS JOIN LATERAL (SELECT count(*) AS n FROM leases l WHERE l.tenant_id = j.tenant_id AND l.job_id = j.id) f
-CROSS JOIN LATERAL (SELECT coalesce(sum(n_done), 0) AS n FROM count_moves m
-                    WHERE m.tenant_id = j.tenant_id AND m.lane = j.lane AND m.job_id = j.id) d
-WHERE j.id = $1 AND ($2 = '' OR j.tenant_id = $2);
+SELECT * FROM job_progress WHERE id = $1 AND ($2 = '' OR tenant_id = $2);
 
 -- name: list_jobs
 -- A job is PENDING while none of its items has started: none finished, none in flight and
 -- none waiting for another attempt.
-SELECT j.id, j.tenant_id, j.provider, j.model, j.operation, j.priority, j.metadata::text AS metadata,
-       j.items_total, j.items_total - (j.n_done + d.n) - j.n_failed - j.n_canceled - f.n AS n_pending,
-       f.n AS n_processing, (j.n_done + d.n)::int AS n_done, j.n_failed, j.n_canceled, j.canceled,
-       EXISTS (SELECT 1 FROM retries r WHERE r.job_id = j.id) AS retrying,
-       j.created_at, j.updated_at, j.finished_at, j.seq
-FROM jobs j
-CROSS JOIN LATERAL (SELECT count(*) AS n FROM leases l WHERE l.tenant_id = j.tenant_id AND l.job_id = j.id) f
-CROSS JOIN LATERAL (SELECT coalesce(sum(n_done), 0) AS n FROM count_moves m
-                    WHERE m.tenant_id = j.tenant_id AND m.lane = j.lane AND m.job_id = j.id) d
-WHERE ($1 = '' OR j.tenant_id = $1) AND j.seq < $2
+SELECT * FROM job_progress
+WHERE ($1 = '' OR tenant_id = $1) AND seq < $2
   AND ($3 = '' OR CASE $3
-        WHEN 'PENDING' THEN j.finished_at IS NULL AND j.n_done + d.n + j.n_failed + j.n_canceled + f.n = 0
-                            AND NOT EXISTS (SELECT 1 FROM retries r WHERE r.job_id = j.id)
-        WHEN 'PROCESSING' THEN j.finished_at IS NULL AND (j.n_done + d.n + j.n_failed + j.n_canceled + f.n > 0
-                            OR EXISTS (SELECT 1 FROM retries r WHERE r.job_id = j.id))
-        WHEN 'DONE' THEN j.finished_at IS NOT NULL AND NOT j.canceled AND j.n_failed = 0
-        WHEN 'FAILED' THEN j.finished_at IS NOT NULL AND NOT j.canceled AND j.n_failed > 0
-        WHEN 'CANCELED' THEN j.canceled END)
-ORDER BY j.seq DESC LIMIT $4;
+        WHEN 'PENDING' THEN finished_at IS NULL AND n_pending = items_total AND NOT retrying
+        WHEN 'PROCESSING' THEN finished_at IS NULL AND (n_pending < items_total OR retrying)
+        WHEN 'DONE' THEN finished_at IS NOT NULL AND NOT canceled AND n_failed = 0
+        WHEN 'FAILED' THEN finished_at IS NOT NULL AND NOT canceled AND n_failed > 0
+        WHEN 'CANCELED' THEN canceled END)
+ORDER BY seq DESC LIMIT $4;
 
 -- name: list_items
 -- An item holding a lease is PROCESSING, in the attempt the lease counts.
