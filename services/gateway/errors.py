@@ -145,7 +145,7 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
         if at_body and err.get("type") == "missing":
             return ApiError(400, "invalid_json", "The body is empty; send a JSON object.")
         # A body that was not declared as JSON arrives as raw bytes.
-        if at_body and isinstance(err.get("input"), bytes | str):
+        if at_body and isinstance(err.get("input"), bytes):
             return ApiError(
                 400,
                 "invalid_json",
@@ -154,14 +154,13 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     if not errors:
         return ApiError(422, "invalid_request", "The request does not match the schema.")
     first = errors[0]
-    msg = str(first.get("msg", "invalid value"))
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
     extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return ApiError(422, "invalid_request", f"{field_path(first.get('loc', ()))}: {msg}{extra}")
 
 
 _HTTP_CODES = {
-    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -189,7 +188,10 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = str(exc.detail)
-        if exc.status_code == 404:
+        if exc.status_code == 400:
+            # FastAPI's only 400: a body its JSON parser gave up on (nested too deep, say).
+            code, message = "invalid_json", "The body could not be parsed as JSON; send a JSON object."
+        elif exc.status_code == 404:
             message = f"There is no {request.url.path}; see /openapi.json for the routes."
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}."

@@ -25,6 +25,7 @@ from services.common.logging import get_logger
 from services.gateway import render
 from services.gateway.auth import AnyKey, Stubs
 from services.gateway.errors import ApiError
+from services.gateway.schemas import INT64_MAX
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -44,8 +45,8 @@ def _resume_point(last_event_id: str | None) -> int:
         seq = int(last_event_id)
     except ValueError:
         raise ApiError(422, "invalid_request", "Last-Event-ID: must be the id of an event of this stream") from None
-    if seq < 0:
-        raise ApiError(422, "invalid_request", "Last-Event-ID: must not be negative")
+    if not 0 <= seq <= INT64_MAX:
+        raise ApiError(422, "invalid_request", f"Last-Event-ID: must be from 0 to {INT64_MAX}")
     return seq
 
 

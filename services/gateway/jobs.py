@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Any
 
 from fairway.scheduler.v1 import scheduler_pb2
@@ -13,7 +14,7 @@ from pydantic import BeforeValidator, Field
 from services.gateway import render
 from services.gateway.auth import AnyKey, Stubs, TenantKey
 from services.gateway.errors import ApiError
-from services.gateway.schemas import OPERATIONS, ItemPage, Job, JobPage, JobSubmit, Status
+from services.gateway.schemas import INT32_MAX, OPERATIONS, ItemPage, Job, JobPage, JobSubmit, Status
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -46,8 +47,14 @@ def _required(path: str, what: str) -> ApiError:
     return ApiError(422, "invalid_request", f"{path}: {what}")
 
 
+# What the Replicate SDK can call: a model, or a model at a version.
+REPLICATE_MODEL = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(:\w+)?")
+
+
 def check_items(job: JobSubmit) -> None:
     """The input shape each operation needs (the provider's own validation comes later)."""
+    if job.provider == "replicate" and not REPLICATE_MODEL.fullmatch(job.model):
+        raise _required("model", "a Replicate model is owner/name or owner/name:version")
     for n, item in enumerate(job.items):
         where = f"items[{n}].input"
         data = item.input
@@ -56,12 +63,12 @@ def check_items(job: JobSubmit) -> None:
             if not isinstance(messages, list) or not messages:
                 raise _required(f"{where}.messages", "an openai chat item needs a non-empty list of messages")
             if "max_tokens" in data and not _positive_int(data["max_tokens"]):
-                raise _required(f"{where}.max_tokens", "must be a whole number greater than 0")
+                raise _required(f"{where}.max_tokens", f"must be a whole number from 1 to {INT32_MAX}")
         elif job.operation == "response":
             if data.get("input") in (None, "", []):
                 raise _required(f"{where}.input", "an openai response item needs an input")
             if "max_output_tokens" in data and not _positive_int(data["max_output_tokens"]):
-                raise _required(f"{where}.max_output_tokens", "must be a whole number greater than 0")
+                raise _required(f"{where}.max_output_tokens", f"must be a whole number from 1 to {INT32_MAX}")
         elif job.operation == "image":
             prompt = data.get("prompt")
             if not isinstance(prompt, str) or not prompt.strip():
@@ -73,7 +80,7 @@ def _json(value: Any) -> str:
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= INT32_MAX
 
 
 @router.post("", status_code=201, response_model=Job)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Provider = Literal["replicate", "openai"]
 Operation = Literal["prediction", "chat", "response", "image"]
@@ -16,9 +16,46 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "openai": ("chat", "response", "image"),
 }
 
-UINT32_MAX = 2**32 - 1
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
+# Deeper JSON is refused: the answer that repeats a job's metadata could not be written.
+MAX_JSON_DEPTH = 64
+# GET /v1/tenants/me names the caller's own tenant.
+RESERVED_TENANT_IDS = ("me",)
+
+
+def _storable_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000), which cannot be stored")
+    return value
+
+
+def _storable_json(value: Any) -> Any:
+    """At most MAX_JSON_DEPTH levels deep, and no NUL character in a string or key."""
+    pending = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"must not be nested more than {MAX_JSON_DEPTH} levels deep")
+        if isinstance(node, str):
+            _storable_text(node)
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                _storable_text(key)
+                pending.append((child, depth + 1))
+        elif isinstance(node, list):
+            pending.extend((child, depth + 1) for child in node)
+    return value
+
+
+def _not_reserved(value: str) -> str:
+    if value in RESERVED_TENANT_IDS:
+        raise ValueError(f"{value!r} is reserved: GET /v1/tenants/{value} is the caller's own tenant")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable_text)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 
 
 class _Request(BaseModel):
@@ -27,16 +64,18 @@ class _Request(BaseModel):
 
 
 class TenantCreate(_Request):
-    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    id: Annotated[str, AfterValidator(_not_reserved)] = Field(
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )
     weight: float = Field(1.0, gt=0, allow_inf_nan=False)
-    max_concurrency: int | None = Field(None, ge=1, le=UINT32_MAX)
+    max_concurrency: int | None = Field(None, ge=1, le=INT32_MAX)
     max_queued: int | None = Field(None, ge=0, le=INT64_MAX)
     credits: int | None = Field(None, ge=-INT64_MAX, le=INT64_MAX)
 
 
 class TenantUpdate(_Request):
     weight: float | None = Field(None, gt=0, allow_inf_nan=False)
-    max_concurrency: int | None = Field(None, ge=1, le=UINT32_MAX)
+    max_concurrency: int | None = Field(None, ge=1, le=INT32_MAX)
     max_queued: int | None = Field(None, ge=0, le=INT64_MAX)
 
 
@@ -45,17 +84,17 @@ class CreditsAdd(_Request):
 
 
 class ItemIn(_Request):
-    ref: str = Field("", max_length=256)
-    input: dict[str, Any]
+    ref: Text = Field("", max_length=256)
+    input: JsonObject
 
 
 class JobSubmit(_Request):
     provider: Provider
-    model: str = Field(min_length=1, max_length=256)
+    model: Text = Field(min_length=1, max_length=256)
     operation: Operation | None = None
     priority: int = Field(0, ge=-INT32_MAX, le=INT32_MAX)
     items: list[ItemIn] = Field(min_length=1)
-    metadata: dict[str, Any] | None = None
+    metadata: JsonObject | None = None
 
 
 class Tenant(BaseModel):

@@ -78,6 +78,9 @@ async def replicate_webhook(request: Request, up: Stubs) -> dict[str, Any]:
         prediction = Webhook(await secrets.get()).verify(body, headers)
     except ApiError:
         raise
+    except json.JSONDecodeError:
+        # Raised only once the signature verified: the sender's body is not JSON.
+        raise ApiError(400, "invalid_json", "The webhook body is not valid JSON.") from None
     except Exception as exc:
         # Any failure to verify (bad signature, stale timestamp, malformed header) is the sender's.
         raise ApiError(401, "invalid_signature", "The webhook signature does not verify.") from exc

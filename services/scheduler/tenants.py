@@ -126,7 +126,10 @@ class TenantDirectory:
         if amount == 0:
             raise InvalidRequest("amount: must not be 0")
         async with self._pool.acquire() as conn, conn.transaction():
-            balance = await conn.fetchval(QUERIES["add_credits"], tenant_id, amount)
+            try:
+                balance = await conn.fetchval(QUERIES["add_credits"], tenant_id, amount)
+            except asyncpg.NumericValueOutOfRangeError:
+                raise InvalidRequest(f"amount: would take the balance beyond {2**63 - 1}") from None
             if balance is None:
                 raise NotFound(f"tenant {tenant_id!r} does not exist")
             if balance < 0:

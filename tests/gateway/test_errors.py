@@ -197,3 +197,38 @@ async def test_scheduler_unavailable_status_is_503(client: httpx.AsyncClient, fa
 async def test_key_the_scheduler_does_not_place_is_401(client: httpx.AsyncClient, fakes: Fakes) -> None:
     fakes.scheduler.reply("Authenticate", scheduler_pb2.AuthenticateResponse())
     envelope(await client.get("/v1/jobs", headers=tenant("nobody-either")), 401, "unauthorized")
+
+
+async def test_values_the_scheduler_cannot_store_or_echo_are_422(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    deep: object = "x"
+    for _ in range(100):
+        deep = [deep]
+    chat = {"provider": "openai", "model": "gpt-4o-mini"}
+    cases = [
+        ({**JOB, "metadata": {"a": deep}}, "metadata"),
+        ({**JOB, "items": [{"input": {"prompt": deep}}]}, "items[0].input"),
+        ({**JOB, "items": [{"ref": "a\u0000b", "input": {}}]}, "items[0].ref"),
+        ({**JOB, "items": [{"input": {"prompt\u0000": "x"}}]}, "items[0].input"),
+        ({**JOB, "metadata": {"note": "a\u0000"}}, "metadata"),
+        ({**JOB, "model": "google/nano\u0000banana"}, "model"),
+        ({**JOB, "model": "nano-banana"}, "model"),
+        ({**chat, "items": [{"input": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2**31}}]},
+         "items[0].input.max_tokens"),
+    ]
+    for body, field in cases:
+        message = envelope(await client.post("/v1/jobs", json=body, headers=tenant("t1")), 422, "invalid_request")
+        assert message.startswith(field + ": "), (field, message)
+    assert fakes.scheduler.calls("SubmitJob") == []
+    for body, field in (({"id": "me"}, "id"), ({"id": "a", "max_concurrency": 2**31}, "max_concurrency")):
+        message = envelope(await client.post("/v1/tenants", json=body, headers=ADMIN), 422, "invalid_request")
+        assert message.startswith(field + ": "), message
+    assert fakes.scheduler.calls("CreateTenant") == []
+
+
+async def test_json_that_is_not_an_object_is_422_and_json_too_deep_to_parse_is_400(
+    client: httpx.AsyncClient, fakes: Fakes
+) -> None:
+    headers = {**tenant("t1"), "Content-Type": "application/json"}
+    envelope(await client.post("/v1/jobs", content=b'"a job"', headers=headers), 422, "invalid_request")
+    envelope(await client.post("/v1/jobs", content=b"[" * 5_000, headers=headers), 400, "invalid_json")
+    assert fakes.scheduler.calls("SubmitJob") == []

@@ -63,6 +63,9 @@ async def test_last_event_id_resumes_after_that_event(client: httpx.AsyncClient,
     bad = await client.get("/v1/jobs/job-1/events", headers={**tenant("t1"), "Last-Event-ID": "soon"})
     assert bad.status_code == 422
     assert bad.json()["error"]["message"].startswith("Last-Event-ID: ")
+    for beyond in ("-5", str(2**63)):
+        r = await client.get("/v1/jobs/job-1/events", headers={**tenant("t1"), "Last-Event-ID": beyond})
+        assert r.status_code == 422 and r.json()["error"]["message"].startswith("Last-Event-ID: "), beyond
 
 
 async def test_unknown_job_is_404_before_the_stream(client: httpx.AsyncClient, fakes: Fakes) -> None:

@@ -66,3 +66,10 @@ async def test_bad_or_missing_signature_is_401(client: httpx.AsyncClient, fakes:
         r = await client.post("/v1/webhooks/replicate", content=content, headers=headers)
         assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_signature"), headers
     assert fakes.scheduler.calls("ReportUpstreamResult") == []
+
+
+async def test_signed_body_that_is_not_json_is_400(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    body = b"status=succeeded"
+    r = await client.post("/v1/webhooks/replicate", content=body, headers=signed(body))
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json")
+    assert fakes.scheduler.calls("ReportUpstreamResult") == []

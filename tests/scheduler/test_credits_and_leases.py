@@ -289,6 +289,8 @@ async def test_values_postgresql_cannot_store_are_invalid_and_change_nothing(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (n, caught.value.details())
+        if n == 2:
+            assert (caught.value.details() or "").startswith("amount: "), caught.value.details()
     assert await db.fetchval("SELECT credits FROM tenants WHERE id = 't'") == 10
     assert await db.fetchval("SELECT count(*) FROM jobs") == 0
     await ledger_reconciles(db)
@@ -302,9 +304,14 @@ async def test_a_job_waiting_to_retry_has_started(client: Client, predictor: Fak
         page = await client.api.ListJobs(pb.ListJobsRequest(tenant="t", status=status))
         assert (job.id in {j.id for j in page.jobs}) is listed, status
     predictor.ready(1)
-    await predictor.fail(await predictor.take(1), "503", retryable=True, retry_after_s=3600)
+    taken = await predictor.take(1)
+    # No job row is written by a claim, yet the job's updated_at moves when it starts.
+    started = await client.api.GetJob(pb.GetJobRequest(tenant="t", job_id=job.id))
+    assert started.updated_at > job.updated_at
+    await predictor.fail(taken, "503", retryable=True, retry_after_s=3600)
     seen = await client.api.GetJob(pb.GetJobRequest(tenant="t", job_id=job.id))
     assert (seen.status, seen.counts.pending) == (pb.JOB_PROCESSING, 1)
+    assert seen.updated_at > started.updated_at  # the retry too, though it ended the lease
     for status, listed in ((pb.JOB_PENDING, False), (pb.JOB_PROCESSING, True)):
         page = await client.api.ListJobs(pb.ListJobsRequest(tenant="t", status=status))
         assert (job.id in {j.id for j in page.jobs}) is listed, status

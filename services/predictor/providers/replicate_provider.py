@@ -48,6 +48,7 @@ from services.ratelimiter.errors import RateLimiterError
 
 log = get_logger(__name__)
 TERMINAL = ("succeeded", "failed", "canceled")
+CANCEL_SECONDS = 60.0
 DEFAULT_BASE_URL = "https://api.replicate.com"
 
 
@@ -228,14 +229,28 @@ class ReplicateProvider:
     async def cancel(self, upstream_id: str) -> None:
         if is_intent(upstream_id):
             return
+        delay = self._config.poll_initial_seconds
         try:
-            async with asyncio.timeout(10):
-                await self._pay_read()
-                async with self._gate.call(self.name, "cancel"):
-                    await self._client.predictions.async_cancel(upstream_id)
+            # Best effort, but a prediction left running is billed: a throttled or failed
+            # cancel is tried again (a job's cancel sends many at once) for up to a minute.
+            async with asyncio.timeout(CANCEL_SECONDS):
+                while True:
+                    await self._pay_read()
+                    try:
+                        async with self._gate.call(self.name, "cancel"):
+                            await self._client.predictions.async_cancel(upstream_id)
+                        break
+                    except (ReplicateError, httpx.HTTPError) as exc:
+                        error = _classify(exc)
+                        if not error.retryable:
+                            raise
+                        if isinstance(exc, ReplicateError) and exc.status == 429:
+                            await self._report_throttle(REPLICATE_READ, error.retry_after_s)
+                        await asyncio.sleep(max(delay, error.retry_after_s))
+                        delay = min(delay * 2, self._config.poll_max_seconds)
             log.info("canceled prediction %s upstream", upstream_id)
         except (TimeoutError, ReplicateError, httpx.HTTPError) as exc:
-            # Best effort: the item's fate does not depend on it, only the provider's bill.
+            # The item's fate does not depend on it, only the provider's bill.
             log.warning("could not cancel prediction %s upstream: %r", upstream_id, exc)
 
     async def close(self) -> None:

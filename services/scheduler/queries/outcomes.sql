@@ -109,11 +109,12 @@ WITH f AS (
     SELECT id, job_id, lane, tenant_id, priority, now() + make_interval(secs => delay_s)
     FROM changed WHERE status = 'PENDING'
 ), counted AS (
-    -- A retried item stays unfinished: only the failed ones change the counters.
+    -- A retried item stays unfinished: only the failed ones change the counters (a retry
+    -- still moves the job's updated_at).
     UPDATE jobs j SET n_failed = j.n_failed + c.failed, updated_at = now(),
         finished_at = coalesce(j.finished_at, CASE WHEN j.n_done + j.n_failed + c.failed + j.n_canceled = j.items_total
                                                     THEN now() END)
-    FROM (SELECT job_id, count(*) AS failed FROM changed WHERE status = 'FAILED' GROUP BY job_id) c
+    FROM (SELECT job_id, count(*) FILTER (WHERE status = 'FAILED') AS failed FROM changed GROUP BY job_id) c
     WHERE j.id = c.job_id
 ), moved AS (
     UPDATE queue_counts q SET unfinished = unfinished - c.failed
