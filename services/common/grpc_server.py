@@ -35,6 +35,12 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+# A server refuses pings more frequent than this (default 5 min) and, after two, ends the
+# connection with GOAWAY too_many_pings: allow the clients' keepalive above.
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    *CHANNEL_OPTIONS,
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+]
 
 
 class HealthState:
@@ -65,7 +71,7 @@ def create_server(
 
     Returns the server (not started), the bound port (useful with port 0) and its health state.
     """
-    server = grpc.aio.server(interceptors=list(interceptors), options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
     for add, servicer in registrars:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()

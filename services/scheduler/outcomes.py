@@ -135,8 +135,13 @@ class Outcomes:
         )
 
     async def record_upstream(self, lease: pb.LeaseRef, upstream_id: str) -> bool:
-        row = await self._pool.fetchval(QUERIES["record_upstream"], uuid.UUID(lease.item_id), lease.lease,
-                                        upstream_id)
+        """False if the lease is gone, or the upstream call is another item's (a predictor
+        adopting an orphaned prediction can offer one that another item recorded)."""
+        try:
+            row = await self._pool.fetchval(QUERIES["record_upstream"], uuid.UUID(lease.item_id), lease.lease,
+                                            upstream_id)
+        except asyncpg.UniqueViolationError:
+            return False
         return row is not None
 
     async def reap_expired(self) -> int:

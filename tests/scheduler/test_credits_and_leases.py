@@ -296,6 +296,22 @@ async def test_values_postgresql_cannot_store_are_invalid_and_change_nothing(
     await ledger_reconciles(db)
 
 
+async def test_an_upstream_call_recorded_for_one_item_is_refused_for_another(
+    client: Client, predictor: FakePredictor, db: asyncpg.Connection
+) -> None:
+    # A predictor adopting an orphaned prediction may offer one another item holds.
+    await client.tenant("t")
+    await client.submit("t", 2)
+    predictor.ready(2)
+    first, second = await predictor.take(2)
+    for item, accepted in ((first, True), (second, False)):
+        reply = await client.dispatch.RecordUpstream(pb.RecordUpstreamRequest(
+            lease=pb.LeaseRef(item_id=item.item_id, lease=item.lease), upstream_id="pred-1"))
+        assert reply.accepted is accepted
+    held = await db.fetch("SELECT id::text FROM items WHERE upstream_id = 'pred-1'")
+    assert [r["id"] for r in held] == [first.item_id]
+
+
 async def test_a_job_waiting_to_retry_has_started(client: Client, predictor: FakePredictor) -> None:
     await client.tenant("t")
     job = await client.submit("t", 1)
