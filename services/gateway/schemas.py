@@ -59,8 +59,9 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 
 
 class _Request(BaseModel):
-    # Unknown fields are refused: a misspelt field would otherwise be silently ignored.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are refused: a misspelt field would otherwise be silently ignored. Types
+    # are strict: `true` or "5" is not a number, 5.0 not a whole number.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TenantCreate(_Request):
