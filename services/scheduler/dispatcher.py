@@ -393,6 +393,3 @@ class Dispatcher:
         """Return claimed items that no predictor received to PENDING at once."""
         if self.on_hand_back is not None:
             await self.on_hand_back(leases)
-
-    def dispatched_last_minute(self, tenant: str) -> int:
-        return self.recent.last_minute(tenant)

@@ -6,6 +6,7 @@ dispatches a million items a minute costs the same 60 integers as one that dispa
     recent = RecentCounts()
     recent.add("store-a", 32)
     recent.last_minute("store-a")    # 32
+    recent.active()                  # {"store-a": 32}: every key counted in the last minute
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ class RecentCounts:
         if seconds[slot] != second:
             counts[slot], seconds[slot] = 0, second
         counts[slot] += n
+
+    def active(self) -> dict[str, int]:
+        """Every key with events in the last minute, with its count; forgets the others."""
+        counts = {key: self.last_minute(key) for key in list(self._rings)}
+        for key, n in counts.items():
+            if n == 0:
+                del self._rings[key]
+        return {key: n for key, n in counts.items() if n}
 
     def last_minute(self, key: str) -> int:
         ring = self._rings.get(key)

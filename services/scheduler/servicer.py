@@ -83,12 +83,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def GetQueueStats(self, request: pb.GetQueueStatsRequest, context: Ctx) -> pb.QueueStats:
         by_tenant = await self._pool.fetch(QUERIES["queue_by_tenant"])
         by_lane = await self._pool.fetch(QUERIES["queue_by_lane"])
+        # A tenant with nothing queued or in flight is listed while it had dispatches lately.
+        dispatched = self._dispatcher.recent.active()
+        listed = {r["tenant_id"] for r in by_tenant}
         return pb.QueueStats(
             tenants=[
                 pb.TenantQueue(tenant=r["tenant_id"], queued=r["queued"], processing=r["processing"],
                                oldest_queued_age_s=r["oldest_age"],
-                               dispatched_last_minute=self._dispatcher.dispatched_last_minute(r["tenant_id"]))
+                               dispatched_last_minute=dispatched.get(r["tenant_id"], 0))
                 for r in by_tenant
+            ] + [
+                pb.TenantQueue(tenant=tenant, dispatched_last_minute=n)
+                for tenant, n in sorted(dispatched.items()) if tenant not in listed
             ],
             lanes=[pb.LaneQueue(lane=r["lane"], queued=r["queued"], processing=r["processing"],
                                 tenants=r["tenants"]) for r in by_lane],

@@ -275,6 +275,18 @@ async def test_queue_stats_per_tenant_and_lane(client: Client, predictor: FakePr
     assert {k: v[0] + v[1] for k, v in lanes.items()} == {"replicate:create": 5, "openai:gpt-4o-mini": 3}
 
 
+async def test_queue_stats_list_a_tenant_that_dispatched_lately_and_has_nothing_left(
+    client: Client, predictor: FakePredictor
+) -> None:
+    await client.tenant("quick")
+    await client.submit("quick", 2)
+    predictor.ready(2)
+    await predictor.complete(await predictor.take(2))
+    stats = await client.api.GetQueueStats(pb.GetQueueStatsRequest())
+    listed = {t.tenant: (t.queued, t.processing, t.dispatched_last_minute) for t in stats.tenants}
+    assert listed == {"quick": (0, 0, 2)}
+
+
 async def test_values_postgresql_cannot_store_are_invalid_and_change_nothing(
     client: Client, db: asyncpg.Connection
 ) -> None:
