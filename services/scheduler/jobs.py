@@ -145,6 +145,13 @@ class Jobs:
                             "use a new key for a new job"
                         )
                     return await self.get(req.tenant, str(seen["id"]))
+            if n > tenant["max_queued"]:
+                # Still the queue limit (429), but waiting will not help: say so.
+                raise QueueFull(
+                    f"the job has {n} items and the queue limit is {tenant['max_queued']}: it can never be "
+                    f"queued whole; split it into jobs of at most {tenant['max_queued']} items",
+                    retry_after_s=30.0,
+                )
             if tenant["queued"] + n > tenant["max_queued"]:
                 raise QueueFull(
                     f"the queue holds {tenant['queued']} items and the limit is {tenant['max_queued']}; "

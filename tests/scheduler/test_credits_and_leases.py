@@ -51,6 +51,9 @@ async def test_queue_limit_refuses_at_submit(client: Client) -> None:
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # 429 queue_full
     assert dict(refused.value.trailing_metadata() or ()).get("retry-after")
     await client.submit("small", 2)
+    with pytest.raises(grpc.aio.AioRpcError) as never:
+        await client.submit("small", 11)
+    assert "split it into jobs of at most 10 items" in (never.value.details() or "")
 
 
 async def test_charge_at_done_refund_at_failed_and_canceled(
