@@ -30,8 +30,9 @@ class EmulatorSettings(BaseSettings):
     time_scale: float = Field(default=1.0, gt=0)
     seed: int = 0
 
-    # Limits: Replicate lets at most this many requests through back to back.
-    replicate_burst: int = Field(default=10, ge=1)
+    # Limits: Replicate lets this many requests through above its steady rate (at once, or
+    # spread over the time they take at that rate).
+    replicate_burst: int = Field(default=20, ge=1)
 
     # Latency (provider seconds).
     prediction_seconds: float = Field(default=8.0, ge=0)  # median run time of a prediction

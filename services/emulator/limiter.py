@@ -215,14 +215,16 @@ class Limiter:
 
 
 def replicate_budget(rpm: int, burst: int, foreign: float = 0.0) -> Budget:
-    """Replicate's shape: `rpm` per minute, of which at most `burst` back to back.
+    """Replicate's shape: `rpm` per minute, and short bursts above that rate ("You can make
+    short bursts of requests above the default rate limits before being throttled").
 
-    The burst window is the time `burst` requests take at the steady rate, so a client
-    pacing itself at the per-minute limit never meets it.
+    A burst is `burst` requests beyond the steady rate: in the time `burst` requests take at
+    that rate, at most `2 x burst` are let through. A client pacing itself at the per-minute
+    limit, after a burst of up to `burst` at once, never meets it.
     """
     windows = [SlidingWindow(rpm, 60.0)]
-    if 0 < burst < rpm:
-        windows.append(SlidingWindow(burst, 60.0 * burst / rpm))
+    if 0 < 2 * burst < rpm:
+        windows.append(SlidingWindow(2 * burst, 60.0 * burst / rpm))
     return Budget(windows, foreign=foreign)
 
 

@@ -82,7 +82,7 @@ def test_replicate_burst_and_minute(gaps: list[tuple[float, int]], rpm: int, bur
         clock.now += gap
         decision, _budget = limiter.acquire("key")
         fits = _in_window(accepted, clock.now, 60.0) < rpm and (
-            burst >= rpm or _in_window(accepted, clock.now, short) < burst
+            2 * burst >= rpm or _in_window(accepted, clock.now, short) < 2 * burst
         )
         assert decision.accepted == fits
         if decision.accepted:

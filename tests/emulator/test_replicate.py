@@ -150,10 +150,10 @@ def test_completed_event_is_retried_until_the_receiver_takes_it(emulator: Emulat
 def test_create_limit_surfaces_as_replicate_error(strict_emulator: Emulator) -> None:
     token = f"r8_{uuid.uuid4().hex}"
     c = client(strict_emulator, token)
-    for i in range(3):  # the burst
+    for i in range(6):  # the burst of 3 above the steady rate's 3 in the burst's window
         c.models.predictions.create(model=MODEL, input={"i": i})
     with pytest.raises(ReplicateError) as caught:
-        c.models.predictions.create(model=MODEL, input={"i": 3})
+        c.models.predictions.create(model=MODEL, input={"i": 6})
     assert caught.value.status == 429
     assert caught.value.detail is not None
     assert caught.value.detail.startswith("Request was throttled. Your rate limit resets in ~")
@@ -165,6 +165,6 @@ def test_create_limit_surfaces_as_replicate_error(strict_emulator: Emulator) -> 
     assert raw.status_code == 429 and int(raw.headers["retry-after"]) >= 1
     assert raw.headers["ratelimit-remaining"] == "0" and int(raw.headers["ratelimit-reset"]) >= 1
     counts = stats(strict_emulator, token)["replicate.create"]
-    assert (counts["accepted"], counts["rejected"]) == (3, 2)
+    assert (counts["accepted"], counts["rejected"]) == (6, 2)
     # Reads have their own budget: still open.
-    assert len(c.predictions.list().results) == 3
+    assert len(c.predictions.list().results) == 6
