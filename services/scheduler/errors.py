@@ -42,6 +42,13 @@ class IdempotencyConflict(SchedulerError):
     code = "idempotency_conflict"
 
 
+class UpstreamTaken(SchedulerError):
+    """The upstream call is recorded for another item (an orphaned prediction adopted twice)."""
+
+    status = grpc.StatusCode.ALREADY_EXISTS
+    code = "upstream_taken"
+
+
 class InsufficientCredits(SchedulerError):
     status = grpc.StatusCode.FAILED_PRECONDITION
     code = "insufficient_credits"

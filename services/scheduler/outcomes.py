@@ -19,6 +19,7 @@ from services.scheduler.batching import GroupCommit
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.counts import CountFolder
 from services.scheduler.dispatcher import Dispatcher
+from services.scheduler.errors import UpstreamTaken
 from services.scheduler.events import JobSignals
 from services.scheduler.jobs import Jobs
 from services.scheduler.metrics import OUTCOMES
@@ -135,13 +136,14 @@ class Outcomes:
         )
 
     async def record_upstream(self, lease: pb.LeaseRef, upstream_id: str) -> bool:
-        """False if the lease is gone, or the upstream call is another item's (a predictor
-        adopting an orphaned prediction can offer one that another item recorded)."""
+        """False if the lease is gone. A call another item recorded first is `UpstreamTaken`:
+        a resumed item adopting an orphaned prediction by its input can take the prediction
+        of an item with the same input before that item records it."""
         try:
             row = await self._pool.fetchval(QUERIES["record_upstream"], uuid.UUID(lease.item_id), lease.lease,
                                             upstream_id)
         except asyncpg.UniqueViolationError:
-            return False
+            raise UpstreamTaken(f"upstream_id: {upstream_id} is recorded for another item") from None
         return row is not None
 
     async def reap_expired(self) -> int:

@@ -319,10 +319,14 @@ async def test_an_upstream_call_recorded_for_one_item_is_refused_for_another(
     await client.submit("t", 2)
     predictor.ready(2)
     first, second = await predictor.take(2)
-    for item, accepted in ((first, True), (second, False)):
-        reply = await client.dispatch.RecordUpstream(pb.RecordUpstreamRequest(
-            lease=pb.LeaseRef(item_id=item.item_id, lease=item.lease), upstream_id="pred-1"))
-        assert reply.accepted is accepted
+    reply = await client.dispatch.RecordUpstream(pb.RecordUpstreamRequest(
+        lease=pb.LeaseRef(item_id=first.item_id, lease=first.lease), upstream_id="pred-1"))
+    assert reply.accepted
+    with pytest.raises(grpc.aio.AioRpcError) as taken:
+        await client.dispatch.RecordUpstream(pb.RecordUpstreamRequest(
+            lease=pb.LeaseRef(item_id=second.item_id, lease=second.lease), upstream_id="pred-1"))
+    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert dict(taken.value.trailing_metadata() or ()).get("fairway-error") == "upstream_taken"
     held = await db.fetch("SELECT id::text FROM items WHERE upstream_id = 'pred-1'")
     assert [r["id"] for r in held] == [first.item_id]
 

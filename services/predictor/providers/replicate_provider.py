@@ -33,6 +33,7 @@ from services.common.logging import get_logger
 from services.predictor.config import PredictorConfig
 from services.predictor.errors import (
     PermanentUpstreamError,
+    RetryableUpstreamError,
     UpstreamError,
     never_sent,
     retry_after_seconds,
@@ -131,7 +132,16 @@ class ReplicateProvider:
             raise LeaseLost(f"item {assignment.item_id} was taken away before its prediction started")
         async with ctx.uninterrupted():
             data = await self._create(assignment, ctx)
-            recorded = await ctx.record_upstream(data["id"])
+            try:
+                recorded = await ctx.record_upstream(data["id"])
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+                # A resumed item with the same input adopted this prediction first: it is
+                # that item's now (so not canceled), and this one creates again.
+                raise RetryableUpstreamError(
+                    f"prediction {data['id']} was taken over by another item with the same input"
+                ) from exc
         if not recorded:
             # The item was canceled or its lease expired while the create ran; nobody
             # will ever follow this prediction, so stop the paid work at once.
