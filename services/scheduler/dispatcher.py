@@ -35,7 +35,7 @@ from services.scheduler.config import SchedulerConfig
 from services.scheduler.events import JobSignals
 from services.scheduler.fairness import LaneShares
 from services.scheduler.metrics import DISPATCH_SECONDS, DISPATCHED, GRANT_WAITS
-from services.scheduler.rates import RecentCounts
+from services.scheduler.rates import DispatchRates
 from services.scheduler.sql import QUERIES
 from services.scheduler.tenants import TenantDirectory
 from services.scheduler.workers import WorkerRegistry
@@ -62,6 +62,7 @@ class Dispatcher:
     def __init__(
         self, pool: asyncpg.Pool, budgets: BudgetClient, workers: WorkerRegistry,
         tenants: TenantDirectory, signals: JobSignals, config: SchedulerConfig, replica: str,
+        rates: DispatchRates,
     ) -> None:
         self._pool = pool
         self._signals = signals
@@ -80,7 +81,7 @@ class Dispatcher:
         self._delayed: dict[tuple[float, str, str], int] = {}
         self._turn = 0
         self.processing: dict[str, int] = defaultdict(int)
-        self.recent = RecentCounts()
+        self.rates = rates
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
@@ -95,12 +96,14 @@ class Dispatcher:
         await self.resync()
         self._task = asyncio.create_task(self._run(), name="dispatch")
         self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
+        self.rates.start()
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, self._resync_task, *self._background) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.rates.stop()
 
     async def resync(self) -> None:
         """Rebuild the index from the counters and the leases: O(lanes x tenants + items in
@@ -333,7 +336,7 @@ class Dispatcher:
             await self.hand_back(handed_back)
         n = sum(claimed.values())
         for tenant, k in claimed.items():
-            self.recent.add(tenant, k)
+            self.rates.add(tenant, k)
         DISPATCHED.labels(lane).inc(n)
         DISPATCH_SECONDS.observe(time.perf_counter() - started)
         return n > 0

@@ -1,20 +1,32 @@
-"""Per-key event counts over the last minute, in constant memory per key.
+"""Dispatches per tenant over the last minute: counted in memory, shared through the database.
 
-Sixty one-second buckets in a ring: counting is O(1), reading is O(60), and a key that
-dispatches a million items a minute costs the same 60 integers as one that dispatches one.
+`RecentCounts` keeps sixty one-second buckets per key in a ring: counting is O(1), reading is
+O(60), and a key that dispatches a million items a minute costs the same 60 integers as one
+that dispatches one. `DispatchRates` publishes a replica's counts every few seconds, so that
+the statistics of any replica count every replica's dispatches.
 
-    recent = RecentCounts()
-    recent.add("store-a", 32)
-    recent.last_minute("store-a")    # 32
-    recent.active()                  # {"store-a": 32}: every key counted in the last minute
+    rates = DispatchRates(pool, "replica-a"); rates.start()
+    rates.add("store-a", 32)
+    await rates.everywhere()         # {"store-a": 32 + what the other replicas published}
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
+import asyncpg
+
+from services.common.logging import get_logger
+from services.scheduler.sql import QUERIES
+
+log = get_logger(__name__)
+
 _BUCKETS = 60
+# A replica publishes its counts this often; another's count is trusted for twice as long
+# (a replica that stopped drops out of the statistics after that).
+PUBLISH_SECONDS = 5.0
 
 
 class RecentCounts:
@@ -45,3 +57,48 @@ class RecentCounts:
         oldest = int(self._clock()) - _BUCKETS + 1
         counts, seconds = ring
         return sum(c for c, s in zip(counts, seconds, strict=True) if s >= oldest)
+
+
+class DispatchRates:
+    def __init__(self, pool: asyncpg.Pool, replica: str, *, publish_s: float = PUBLISH_SECONDS) -> None:
+        self.recent = RecentCounts()
+        self._pool = pool
+        self._replica = replica
+        self._publish_s = publish_s
+        self._published = False  # the last publication had rows: an idle one must clear them
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, tenant: str, n: int) -> None:
+        self.recent.add(tenant, n)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="dispatch-rates")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def publish(self) -> None:
+        """This replica's counts, for the others' statistics (nothing when idle twice)."""
+        active = self.recent.active()
+        if not active and not self._published:
+            return
+        await self._pool.execute(QUERIES["publish_dispatch_rates"], self._replica, list(active), list(active.values()))
+        self._published = bool(active)
+
+    async def everywhere(self) -> dict[str, int]:
+        """Per tenant, this replica's dispatches in the last minute plus the other replicas'
+        as they last published them."""
+        counts = self.recent.active()
+        for row in await self._pool.fetch(QUERIES["dispatch_rates_elsewhere"], self._replica, 2 * self._publish_s):
+            counts[row["tenant_id"]] = counts.get(row["tenant_id"], 0) + int(row["n"])
+        return counts
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._publish_s)
+            try:
+                await self.publish()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("dispatch counts not published: %s", exc)

@@ -27,6 +27,7 @@ from services.scheduler.jobs import Jobs
 from services.scheduler.migrations import migrate
 from services.scheduler.notices import Notices
 from services.scheduler.outcomes import Outcomes
+from services.scheduler.rates import DispatchRates
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.sql import create_pool
 from services.scheduler.tenants import TenantDirectory
@@ -86,7 +87,8 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
     tenants = TenantDirectory(pool)
     await tenants.load()
     signals = JobSignals(pool, replica)
-    dispatcher = Dispatcher(pool, budgets, WorkerRegistry(), tenants, signals, config, replica)
+    dispatcher = Dispatcher(pool, budgets, WorkerRegistry(), tenants, signals, config, replica,
+                            DispatchRates(pool, replica))
     jobs = Jobs(pool, item_cost=config.item_cost, replica=replica, on_backlog=dispatcher.add_backlog)
     outcomes = Outcomes(pool, dispatcher, signals, jobs, config)
     notices = Notices(config.database_url)

@@ -83,8 +83,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def GetQueueStats(self, request: pb.GetQueueStatsRequest, context: Ctx) -> pb.QueueStats:
         by_tenant = await self._pool.fetch(QUERIES["queue_by_tenant"])
         by_lane = await self._pool.fetch(QUERIES["queue_by_lane"])
-        # A tenant with nothing queued or in flight is listed while it had dispatches lately.
-        dispatched = self._dispatcher.recent.active()
+        # A tenant with nothing queued or in flight is listed while it had dispatches lately
+        # (on any replica).
+        dispatched = await self._dispatcher.rates.everywhere()
         listed = {r["tenant_id"] for r in by_tenant}
         return pb.QueueStats(
             tenants=[

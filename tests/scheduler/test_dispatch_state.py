@@ -13,6 +13,7 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.scheduler import claims, events
 from services.scheduler.fairness import LaneShares
+from services.scheduler.rates import RecentCounts
 from services.scheduler.server import SchedulerApp
 from services.scheduler.sql import QUERIES
 from tests.scheduler.conftest import (
@@ -284,3 +285,23 @@ async def test_a_short_claim_forgets_a_backlog_only_when_no_stripes_are_left(sch
     shares.set_backlog("dry", 10)
     scheduler.dispatcher._correct_index(shares, {"held": 5, "dry": 5}, {}, ["held", "dry"], {"held"})
     assert (shares.backlog("held"), shares.backlog("dry")) == (10, 0)
+
+
+async def test_queue_stats_count_the_dispatches_of_every_replica(replica_pair: StartPair) -> None:
+    ca, cb = await replica_pair()
+    predictor = FakePredictor(ca)
+    try:
+        await ca.tenant("t")
+        await ca.submit("t", 3)
+        predictor.ready(3)
+        await predictor.complete(await predictor.take(3))
+        await ca.app.dispatcher.rates.publish()  # as its publisher does every few seconds
+        for client in (ca, cb):
+            stats = await client.api.GetQueueStats(pb.GetQueueStatsRequest())
+            assert {t.tenant: t.dispatched_last_minute for t in stats.tenants} == {"t": 3}
+        # A minute later, idle, a replica clears what it published.
+        ca.app.dispatcher.rates.recent = RecentCounts()
+        await ca.app.dispatcher.rates.publish()
+        assert list((await cb.api.GetQueueStats(pb.GetQueueStatsRequest())).tenants) == []
+    finally:
+        await predictor.close()

@@ -23,3 +23,20 @@ SELECT q.lane, (sum(q.unfinished) - coalesce(max(f.n), 0))::bigint AS queued,
 FROM queue_unfinished q
 LEFT JOIN (SELECT lane, count(*) AS n FROM leases GROUP BY lane) f USING (lane)
 WHERE q.unfinished > 0 GROUP BY q.lane;
+
+-- name: publish_dispatch_rates
+-- Replica $1's counts now: its rows for other tenants go, and rows no replica has refreshed
+-- for two minutes (replicas that stopped) are swept.
+WITH dropped AS (
+    DELETE FROM dispatch_rates
+    WHERE (replica = $1 AND NOT tenant_id = ANY($2::text[])) OR published_at < now() - interval '2 minutes'
+)
+INSERT INTO dispatch_rates (replica, tenant_id, last_minute, published_at)
+SELECT $1, tenant_id, n, now() FROM unnest($2::text[], $3::int[]) AS u(tenant_id, n)
+ON CONFLICT (replica, tenant_id) DO UPDATE SET last_minute = excluded.last_minute, published_at = excluded.published_at;
+
+-- name: dispatch_rates_elsewhere
+-- The other live replicas' counts (published within $2 seconds), per tenant.
+SELECT tenant_id, sum(last_minute)::bigint AS n FROM dispatch_rates
+WHERE replica <> $1 AND published_at > now() - make_interval(secs => $2)
+GROUP BY tenant_id;
