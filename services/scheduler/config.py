@@ -27,7 +27,7 @@ class SchedulerConfig(BaseSettings):
     # A job's completions reach its counters (and finish it) this long after they commit, in
     # one fold with whatever else completed meanwhile; moves a dead replica left are folded by
     # a sweep this often.
-    fold_delay_seconds: float = Field(default=0.02, ge=0, validation_alias="FAIRWAY_FOLD_DELAY_SECONDS")
+    fold_delay_seconds: float = Field(default=0.1, ge=0, validation_alias="FAIRWAY_FOLD_DELAY_SECONDS")
     fold_sweep_seconds: float = Field(default=1.0, gt=0, validation_alias="FAIRWAY_FOLD_SWEEP_SECONDS")
     # Credits reserved per item when a tenant's billing is on.
     item_cost: int = Field(default=1, ge=0, validation_alias="FAIRWAY_ITEM_COST")

@@ -28,7 +28,7 @@ FOLD_BATCH = 10_000
 # A fold is a transaction of its own: after a wake-up, the completions of `delay` seconds go
 # into one, so that folding costs a small fraction of the completions' commits. Moves whose
 # completer did not fold them (its replica died first) are folded by a sweep every `sweep`.
-DELAY_SECONDS = 0.02
+DELAY_SECONDS = 0.1
 SWEEP_SECONDS = 1.0
 
 

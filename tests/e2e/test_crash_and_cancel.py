@@ -82,7 +82,7 @@ def test_scheduler_killed_with_completions_not_yet_counted_loses_nothing(stack: 
     _wait_until(lambda: stack.accepted(stack.replicate_token, "replicate.create") == creates_before + 6, "creates")
 
     stack.processes["scheduler"].kill()
-    _restart_scheduler(stack, FAIRWAY_FOLD_DELAY_SECONDS="0.02", FAIRWAY_FOLD_SWEEP_SECONDS="1")
+    _restart_scheduler(stack, FAIRWAY_FOLD_DELAY_SECONDS="0.1", FAIRWAY_FOLD_SWEEP_SECONDS="1")
 
     for job, n in ((fast, 10), (slow, 6)):
         final = wait_terminal(client, job["id"])
