@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,8 @@ def _latency(results: dict[str, Any]) -> list[str]:
                          f"{r['pick']['median_ms']:.2f} | "
                          f"{r['claim']['median_ms']:.2f} | {r['claim']['p99_ms']:.2f} | **{total:.2f}** |")
     picks = [r["median_ms"] for rows in results["pick"].values() for r in rows]
-    lines += ["", f"Reading it: the fair pick, the decision itself, stays under {max(picks):.1f} ms (median) at "
+    ceiling = math.ceil(max(picks) * 10) / 10
+    lines += ["", f"Reading it: the fair pick, the decision itself, stays under {ceiling:.1f} ms (median) at "
               f"every size, flat: it holds counts per tenant, never items. Pick + claim (medians, smallest to "
               "largest backlog):", ""]
     for tenants, rows in results["claim"].items():
