@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -48,6 +49,7 @@ from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.errors import RateLimiterError
 
 log = get_logger(__name__)
+T = TypeVar("T")
 TERMINAL = ("succeeded", "failed", "canceled")
 CANCEL_SECONDS = 60.0
 DEFAULT_BASE_URL = "https://api.replicate.com"
@@ -194,23 +196,34 @@ class ReplicateProvider:
     async def _read(self, prediction_id: str) -> dict[str, Any]:
         """One paid read of a prediction. Transient failures are waited out here: the
         prediction runs on regardless, so they never fail the item."""
+        try:
+            prediction = await self._paid_read_call(
+                "get", f"read of {prediction_id}", lambda: self._client.predictions.async_get(prediction_id))
+        except (ReplicateError, httpx.HTTPError) as exc:
+            if isinstance(exc, ReplicateError) and exc.status == 404:
+                raise PermanentUpstreamError(
+                    f"Replicate no longer knows prediction {prediction_id}; submit the item again"
+                ) from exc
+            raise _classify(exc) from exc
+        return _as_dict(prediction)
+
+    async def _paid_read_call(self, endpoint: str, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, paid from the `replicate:read` budget, until it lands: a throttled (its
+        wait reported to the ratelimiter) or otherwise transient failure is tried again with
+        backoff; a permanent one is raised as the SDK raised it."""
         delay = self._config.poll_initial_seconds
         while True:
             await self._pay_read()
             try:
-                async with self._gate.call(self.name, "get"):
-                    return _as_dict(await self._client.predictions.async_get(prediction_id))
+                async with self._gate.call(self.name, endpoint):
+                    return await call()
             except (ReplicateError, httpx.HTTPError) as exc:
                 error = _classify(exc)
-                if isinstance(exc, ReplicateError) and exc.status == 404:
-                    raise PermanentUpstreamError(
-                        f"Replicate no longer knows prediction {prediction_id}; submit the item again"
-                    ) from exc
                 if not error.retryable:
-                    raise error from exc
+                    raise
                 if isinstance(exc, ReplicateError) and exc.status == 429:
                     await self._report_throttle(REPLICATE_READ, error.retry_after_s)
-                log.info("read of %s failed (%s); again in %.1fs", prediction_id, error, delay)
+                log.info("%s failed (%s); again in %.1fs", what, error, delay)
                 await asyncio.sleep(max(delay, error.retry_after_s))
                 delay = min(delay * 2, self._config.poll_max_seconds)
 
@@ -239,25 +252,12 @@ class ReplicateProvider:
     async def cancel(self, upstream_id: str) -> None:
         if is_intent(upstream_id):
             return
-        delay = self._config.poll_initial_seconds
         try:
             # Best effort, but a prediction left running is billed: a throttled or failed
             # cancel is tried again (a job's cancel sends many at once) for up to a minute.
             async with asyncio.timeout(CANCEL_SECONDS):
-                while True:
-                    await self._pay_read()
-                    try:
-                        async with self._gate.call(self.name, "cancel"):
-                            await self._client.predictions.async_cancel(upstream_id)
-                        break
-                    except (ReplicateError, httpx.HTTPError) as exc:
-                        error = _classify(exc)
-                        if not error.retryable:
-                            raise
-                        if isinstance(exc, ReplicateError) and exc.status == 429:
-                            await self._report_throttle(REPLICATE_READ, error.retry_after_s)
-                        await asyncio.sleep(max(delay, error.retry_after_s))
-                        delay = min(delay * 2, self._config.poll_max_seconds)
+                await self._paid_read_call(
+                    "cancel", f"cancel of {upstream_id}", lambda: self._client.predictions.async_cancel(upstream_id))
             log.info("canceled prediction %s upstream", upstream_id)
         except (TimeoutError, ReplicateError, httpx.HTTPError) as exc:
             # The item's fate does not depend on it, only the provider's bill.
