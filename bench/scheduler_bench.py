@@ -198,7 +198,7 @@ async def claim_latency(
         for size in sizes:
             grow = time.perf_counter()
             await add_backlog(conn, tenants, max(1, (size - have) // tenants))
-            have = int(await conn.fetchval("SELECT sum(unfinished) FROM queue_counts"))
+            have = int(await conn.fetchval("SELECT sum(unfinished) FROM queue_unfinished"))
             grow_s = time.perf_counter() - grow
             shares = await index_from_db(conn)
             for batch in batches:
@@ -225,7 +225,7 @@ async def claim_latency(
                 print(f"  claim backlog={have:8d} tenants={tenants:6d} batch={batch:3d}: pick "
                       f"{pick_spread['median_ms']:.2f} ms, claim {claim_spread['median_ms']:.2f} ms (median)",
                       flush=True)
-            have = int(await conn.fetchval("SELECT sum(unfinished) FROM queue_counts"))
+            have = int(await conn.fetchval("SELECT sum(unfinished) FROM queue_unfinished"))
     finally:
         await conn.close()
         await drop_db(server, dsn)
