@@ -36,11 +36,12 @@ local lease = tonumber(ARGV[6])
 local ntenants = tonumber(ARGV[13])
 local first = 14 + ntenants
 
--- Upstream feedback: a shared cooldown and a rate factor that recovers linearly.
+-- Upstream feedback: a shared cooldown and a rate factor that recovers linearly from `at`
+-- (which a 429's hold puts in the future).
 local fb = redis.call('HMGET', KEYS[3], 'factor', 'at', 'cooldown_until')
 local factor = 1
 if fb[1] then
-  factor = math.min(1, math.max(tonumber(ARGV[8]), tonumber(fb[1]) + (now - tonumber(fb[2])) * tonumber(ARGV[7])))
+  factor = math.min(1, math.max(tonumber(ARGV[8]), tonumber(fb[1]) + math.max(0, now - tonumber(fb[2])) * tonumber(ARGV[7])))
 end
 local out = {now, tostring(factor)}
 local cooldown_until = tonumber(fb[3] or '0')
@@ -302,7 +303,7 @@ local sec = math.floor(now / 1000000)
 local slot = sec % 64
 local stamp = redis.call('HGET', KEYS[7], 's' .. slot)
 if stamp ~= tostring(sec) then
-  redis.call('HSET', KEYS[7], 's' .. slot, tostring(sec), 'r' .. slot, 0, 't' .. slot, 0, 'd' .. slot, 0)
+  redis.call('HSET', KEYS[7], 's' .. slot, tostring(sec), 'r' .. slot, 0, 't' .. slot, 0, 'd' .. slot, 0, 'x' .. slot, 0)
   redis.call('PEXPIRE', KEYS[7], 120000)
 end
 if ring_r > 0 then redis.call('HINCRBY', KEYS[7], 'r' .. slot, ring_r) end

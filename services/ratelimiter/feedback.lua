@@ -1,13 +1,16 @@
 -- Merge one upstream observation into a budget's shared feedback state (see feedback.py).
 --
 -- The rate factor only ever drops here (to the lower of its current value and the target);
--- it climbs back by itself, linearly with time, as read by acquire.lua. Several replicas
--- reporting the same shortage therefore lower it once, not once each. A multiplicative
--- decrease (a 429) applies at most once per hold period for the same reason.
+-- it climbs back by itself, linearly with time from `at`, as read by acquire.lua. Several
+-- replicas reporting the same shortage therefore lower it once, not once each.
+-- A 429 (`learned` >= 0) sets the factor to what it measured, never above the current
+-- value and never below the floor of its hold period (the factor at the period's start x the
+-- multiplier), and holds it: `at`, where recovery starts, moves to the end of the hold.
+-- Each 429 is counted in the usage ring ('x'), so the share we got through leaves it out.
 --
--- KEYS: 1 feedback hash
+-- KEYS: 1 feedback hash, 2 usage ring hash
 -- ARGV: 1 target factor (<0: none), 2 decrease multiplier (1: none), 3 cooldown us (0: none),
---       4 recovery per us, 5 min factor, 6 hold us
+--       4 recovery per us, 5 min factor, 6 hold us, 7 learned factor (<0: not a 429)
 -- Returns: {factor, cooldown_remaining_us}
 
 local t = redis.call('TIME')
@@ -17,24 +20,40 @@ local multiplier = tonumber(ARGV[2])
 local cooldown = tonumber(ARGV[3])
 local recovery = tonumber(ARGV[4])
 local min_factor = tonumber(ARGV[5])
+local hold = tonumber(ARGV[6])
+local learned = tonumber(ARGV[7])
 
-local fb = redis.call('HMGET', KEYS[1], 'factor', 'at', 'cooldown_until', 'hold_until')
+local fb = redis.call('HMGET', KEYS[1], 'factor', 'at', 'cooldown_until', 'hold_until', 'floor')
 local current = 1
+local at = now
 if fb[1] then
-  current = math.min(1, math.max(min_factor, tonumber(fb[1]) + (now - tonumber(fb[2])) * recovery))
+  at = tonumber(fb[2])
+  current = math.min(1, math.max(min_factor, tonumber(fb[1]) + math.max(0, now - at) * recovery))
 end
 local cooldown_until = tonumber(fb[3] or '0')
 local hold_until = tonumber(fb[4] or '0')
+local floor = tonumber(fb[5] or '0')
 
 local new = current
-if multiplier < 1 and now >= hold_until then
-  new = current * multiplier
-  hold_until = now + tonumber(ARGV[6])
+if multiplier < 1 then
+  if now >= hold_until then floor = current * multiplier end
+  if learned >= 0 then
+    new = math.min(current, math.max(learned, floor))
+    hold_until = now + hold
+  elseif now >= hold_until then
+    new = floor
+    hold_until = now + hold
+  end
 end
 if target >= 0 and target < new then new = target end
 new = math.max(min_factor, new)
-if new < current then
-  redis.call('HSET', KEYS[1], 'factor', tostring(new), 'at', string.format('%.0f', now))
+if learned >= 0 then
+  -- Held where the 429 put it until the hold ends, then recovering.
+  at = hold_until
+  redis.call('HSET', KEYS[1], 'factor', tostring(new), 'at', string.format('%.0f', at), 'floor', tostring(floor))
+elseif new < current then
+  if at < now then at = now end
+  redis.call('HSET', KEYS[1], 'factor', tostring(new), 'at', string.format('%.0f', at), 'floor', tostring(floor))
 else
   new = current
 end
@@ -42,6 +61,16 @@ if now + cooldown > cooldown_until then cooldown_until = now + cooldown end
 redis.call('HSET', KEYS[1], 'cooldown_until', string.format('%.0f', cooldown_until),
   'hold_until', string.format('%.0f', hold_until))
 -- Forget the state once it has fully recovered and every cooldown has passed.
-local alive = math.max((1 - new) / recovery, cooldown_until - now, hold_until - now)
+local alive = math.max(math.max(0, at - now) + (1 - new) / recovery, cooldown_until - now, hold_until - now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(alive / 1000) + 60000)
+
+if learned >= 0 then
+  local sec = math.floor(now / 1000000)
+  local slot = sec % 64
+  if redis.call('HGET', KEYS[2], 's' .. slot) ~= tostring(sec) then
+    redis.call('HSET', KEYS[2], 's' .. slot, tostring(sec), 'r' .. slot, 0, 't' .. slot, 0, 'd' .. slot, 0, 'x' .. slot, 0)
+    redis.call('PEXPIRE', KEYS[2], 120000)
+  end
+  redis.call('HINCRBY', KEYS[2], 'x' .. slot, 1)
+end
 return {tostring(new), math.max(0, cooldown_until - now)}

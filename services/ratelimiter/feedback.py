@@ -17,8 +17,20 @@ target <= L / published. The rate factor drops at once to the lowest target (nev
 `recovery_s` seconds, so a persisting shortage keeps it down (each report lowers it again)
 and a passed one lets the full rate return gradually.
 
-A 429 halves the factor (at most once per hold period, since every in-flight call of the
-same burst sees one) and starts a cooldown shared by all replicas: the provider's
+A 429 is a measurement too. At the moment of a 429 the provider's window is full, so what
+we got through in it — our grants in the provider's minute that it did not refuse, `N` —
+is what the provider leaves us; anyone else sharing the key holds about `limit - N`:
+
+    learned = N / published                         (our accepted share of the window)
+    factor  = max(learned, factor x DECREASE)        never raised, at most halved per hold
+
+so the planned rate becomes `utilization x N`: the same margin below what is left as below a
+limit we have to ourselves. The factor is then *held* at that level for one provider minute
+(nothing is learned about the other client until its share is measured again, and our own
+refused calls leave the window only after a minute), and recovers linearly after that. If the
+other client stays, the first 429 after the hold re-measures it: about one 429 per
+`hold + a few seconds`. When it leaves, the next hold ends and the full rate returns within
+`recovery_s x (1 - factor)`. A 429 also starts a cooldown shared by all replicas: the provider's
 retry-after, else its reset time, else `default_cooldown_s`. `remaining == 0` starts a
 cooldown until the provider's reset, before any 429 happens.
 """
@@ -28,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TOLERANCE = 0.05  # provider-side counting skew (calls in flight) we do not react to
-DECREASE = 0.5  # multiplicative decrease on a 429
+DECREASE = 0.5  # the most one 429 (or one hold period's 429s) takes off the factor
 MIN_HOLD_S = 2.0  # at least: 429s of one burst arrive within a round trip of each other
 MAX_COOLDOWN_S = 120.0  # a malformed header must not stop a budget for long
 
@@ -51,19 +63,22 @@ class Correction:
     multiplier: float  # 1.0: no multiplicative decrease
     cooldown_s: float
     hold_s: float
+    learned_factor: float | None = None  # a 429's measure of the share left to us
 
 
 @dataclass(frozen=True)
 class OwnUsage:
     """What Fairway itself used, against the published limits (same units as the provider's)."""
 
-    requests_fraction: float  # our requests last minute / published rpm
+    requests_fraction: float  # our requests the provider accepted in its minute / published rpm
     tokens_fraction: float
     published_rpm: float  # per the provider's minute (no time scale)
     published_tpm: float
+    window_s: float = 60.0  # the provider's minute in real seconds
 
 
 def correct(obs: Observation, own: OwnUsage, *, utilization: float, default_cooldown_s: float) -> Correction:
+    """What one observation changes; `own` must be measured over the provider's minute."""
     targets = [
         _target(obs.remaining_requests, obs.limit_requests, own.published_rpm, own.requests_fraction, utilization),
         _target(obs.remaining_tokens, obs.limit_tokens, own.published_tpm, own.tokens_fraction, utilization),
@@ -79,11 +94,16 @@ def correct(obs: Observation, own: OwnUsage, *, utilization: float, default_cool
     if obs.remaining_tokens is not None and obs.remaining_tokens <= 0:
         cooldown = max(cooldown, obs.reset_tokens_s or default_cooldown_s)
     cooldown = min(max(cooldown, 0.0), MAX_COOLDOWN_S)
+    if not obs.throttled:
+        return Correction(target_factor=target, multiplier=1.0, cooldown_s=cooldown, hold_s=MIN_HOLD_S)
+    # The dimension that filled the provider's window is the one we use most of.
+    learned = max(own.requests_fraction, own.tokens_fraction if own.published_tpm else 0.0)
     return Correction(
         target_factor=target,
-        multiplier=DECREASE if obs.throttled else 1.0,
+        multiplier=DECREASE,
         cooldown_s=cooldown,
-        hold_s=max(cooldown, MIN_HOLD_S),
+        hold_s=max(cooldown, MIN_HOLD_S, own.window_s),
+        learned_factor=max(0.0, learned),
     )
 
 

@@ -144,8 +144,9 @@ class RateLimiter:
     async def report(self, budget_name: str, obs: Observation) -> tuple[float, float]:
         """Apply what the provider said; returns (rate factor, cooldown seconds remaining)."""
         budget = self.book.get(budget_name)
-        own = OwnUsage(0.0, 0.0, budget.rpm / self._scale_util, budget.tpm / self._scale_util)
-        if obs.remaining_requests is not None or obs.remaining_tokens is not None:
+        window_s = self._store.window_us / 1e6
+        own = OwnUsage(0.0, 0.0, budget.rpm / self._scale_util, budget.tpm / self._scale_util, window_s)
+        if obs.throttled or obs.remaining_requests is not None or obs.remaining_tokens is not None:
             # The provider's remaining-* count its own minute, which a time-scaled provider plays
             # in 60 / time_scale real seconds: ours must be counted over the same span.
             requests, tokens = await self._guard(self._store.window_usage(budget))
@@ -154,6 +155,7 @@ class RateLimiter:
                 tokens_fraction=tokens / own.published_tpm if budget.tpm else 0.0,
                 published_rpm=own.published_rpm,
                 published_tpm=own.published_tpm,
+                window_s=window_s,
             )
         fix = correct(obs, own, utilization=self._utilization, default_cooldown_s=self._default_cooldown_s)
         if fix.target_factor is None and fix.multiplier >= 1.0 and fix.cooldown_s <= 0:
@@ -165,6 +167,7 @@ class RateLimiter:
                 multiplier=fix.multiplier,
                 cooldown_s=fix.cooldown_s,
                 hold_s=fix.hold_s,
+                learned_factor=fix.learned_factor,
             )
         )
         if factor < 1.0 or cooldown > 0:

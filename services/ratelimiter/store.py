@@ -220,6 +220,7 @@ class BudgetStore:
         multiplier: float,
         cooldown_s: float,
         hold_s: float,
+        learned_factor: float | None = None,
     ) -> tuple[float, float]:
         """Merge an upstream observation; returns (rate factor, cooldown seconds remaining)."""
         args: list[Any] = [
@@ -229,8 +230,10 @@ class BudgetStore:
             self._recovery_per_us,
             self._p.min_rate_factor,
             int(hold_s * 1e6),
+            -1 if learned_factor is None else learned_factor,
         ]
-        factor, cooldown_us = await self._run(self._feedback, [self._key(budget.name, "fb")], args)
+        keys = [self._key(budget.name, "fb"), self._key(budget.name, "ring")]
+        factor, cooldown_us = await self._run(self._feedback, keys, args)
         return float(factor), int(cooldown_us) / 1e6
 
     async def usage(self, budgets: Sequence[Budget]) -> list[Usage]:
@@ -272,7 +275,7 @@ class BudgetStore:
                     sums[dim] += int(ring.get(f"{dim}{slot}", 0))
         factor = 1.0
         if fb[0] is not None and fb[1] is not None:
-            recovered = float(fb[0]) + (now_us - float(fb[1])) * self._recovery_per_us
+            recovered = float(fb[0]) + max(0.0, now_us - float(fb[1])) * self._recovery_per_us
             factor = min(1.0, max(self._p.min_rate_factor, recovered))
         cooldown = float(fb[2]) / 1e6 if fb[2] is not None and float(fb[2]) > now_us else 0.0
         return Usage(max(0, sums["r"]), max(0, sums["t"]), sums["d"], factor, cooldown, in_flight)
@@ -307,8 +310,9 @@ class BudgetStore:
 
 
 def window_requests(now_us: int, ring: dict[str, str], window_s: float) -> float:
-    """Requests of the ring in `(now - window_s, now]`: a slot's count is spread evenly over
-    the part of its second that has passed, so a window shorter than a slot gets its share."""
+    """Requests of the ring in `(now - window_s, now]` that the provider did not refuse (its
+    429s are counted as `x`): a slot's count is spread evenly over the part of its second that
+    has passed, so a window shorter than a slot gets its share."""
     now = now_us / 1e6
     low = now - window_s
     total = 0.0
@@ -320,7 +324,8 @@ def window_requests(now_us: int, ring: dict[str, str], window_s: float) -> float
         end = min(start + 1.0, now)  # the current second is counted only up to now
         if end <= start or end <= low or start > now:
             continue
-        total += int(ring.get(f"r{slot}", 0)) * (end - max(start, low)) / (end - start)
+        count = int(ring.get(f"r{slot}", 0)) - int(ring.get(f"x{slot}", 0))
+        total += count * (end - max(start, low)) / (end - start)
     return max(0.0, total)
 
 

@@ -6,10 +6,14 @@ import asyncio
 
 import pytest
 
+from services.common.limits import REPLICATE_CREATE, Limits, ReplicateLimits
+from services.ratelimiter.budgets import BudgetBook
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.feedback import MIN_HOLD_S, Observation, OwnUsage, correct
+from services.ratelimiter.limiter import RateLimiter
 from services.ratelimiter.server import RateLimiterServer
 from services.ratelimiter.store import window_requests
+from tests.ratelimiter.clocked import Clocked
 from tests.ratelimiter.conftest import SLOW_LIMITS, Replicas, make_config
 
 IDLE = OwnUsage(requests_fraction=0.0, tokens_fraction=0.0, published_rpm=1000, published_tpm=100_000)
@@ -41,13 +45,79 @@ def test_lower_provider_limit_and_token_shortage_take_the_minimum() -> None:
     assert fix.target_factor == pytest.approx(0.1)  # tokens: 90% used by someone else
 
 
-def test_throttle_halves_and_cools_down() -> None:
-    fix = correct(Observation(throttled=True, retry_after_s=3.0), IDLE, utilization=0.98, default_cooldown_s=1.0)
-    assert (fix.multiplier, fix.cooldown_s, fix.hold_s) == (0.5, 3.0, 3.0)
-    bare = correct(Observation(throttled=True), IDLE, utilization=0.98, default_cooldown_s=1.0)
+def test_throttle_measures_our_share_holds_it_and_cools_down() -> None:
+    ours = OwnUsage(requests_fraction=0.7, tokens_fraction=0.2, published_rpm=1000, published_tpm=100_000,
+                    window_s=60.0)
+    fix = correct(Observation(throttled=True, retry_after_s=3.0), ours, utilization=0.98, default_cooldown_s=1.0)
+    assert (fix.learned_factor, fix.multiplier, fix.cooldown_s, fix.hold_s) == (0.7, 0.5, 3.0, 60.0)
+    scaled = OwnUsage(0.1, 0.0, 1000, 0, window_s=1.0)  # a provider minute of one real second
+    bare = correct(Observation(throttled=True), scaled, utilization=0.98, default_cooldown_s=1.0)
     assert (bare.cooldown_s, bare.hold_s) == (1.0, MIN_HOLD_S)
     empty = correct(Observation(remaining_tokens=0, reset_tokens_s=7.5), IDLE, utilization=0.98, default_cooldown_s=1.0)
-    assert empty.cooldown_s == 7.5 and empty.multiplier == 1.0
+    assert empty.cooldown_s == 7.5 and empty.multiplier == 1.0 and empty.learned_factor is None
+
+
+async def _factor(clocked: Clocked) -> float:
+    """The budget's rate factor now (a report that changes nothing)."""
+    factor, _ = await clocked.store.feedback(clocked.budget, target_factor=None, multiplier=1.0, cooldown_s=0.0,
+                                             hold_s=0.0)
+    return factor
+
+
+async def _shared_key(redis_url: str) -> tuple[Clocked, RateLimiter]:
+    limits = Limits(utilization=1.0, replicate=ReplicateLimits(create_rpm=600))
+    clocked = await Clocked.create(redis_url, 0.0, 0.9, rpm=600.0, name=REPLICATE_CREATE)
+    book = BudgetBook(limits, burst_fraction=0.9)
+    assert book.get(REPLICATE_CREATE) == clocked.budget
+    limiter = RateLimiter(book, clocked.store, utilization=1.0, time_scale=1.0, default_cooldown_s=1.0)
+    return clocked, limiter
+
+
+async def test_a_429_plans_what_we_got_through_and_holds_it_for_a_provider_minute(redis_url: str) -> None:
+    clocked, limiter = await _shared_key(redis_url)
+    try:
+        # Another client holds 180 of the provider's 600 a minute: we got 420 through when it said 429.
+        assert (await clocked.acquire(420, 0)).granted == 420
+        await clocked.advance(1_000)
+        factor, cooldown = await limiter.report(REPLICATE_CREATE, Observation(throttled=True))
+        assert factor == pytest.approx(0.7, abs=0.002) and cooldown == 1.0
+        # Held there while the other client is not measured again (no recovery for a minute) ...
+        await clocked.advance(58_000)
+        assert await _factor(clocked) == pytest.approx(0.7, abs=0.002)
+        # ... then recovering at 1/60 a second (recovery_s = 60).
+        await clocked.advance(4_000)  # the hold ended 2 s ago
+        assert await _factor(clocked) == pytest.approx(0.7 + 2 / 60, abs=0.002)
+    finally:
+        await clocked.store.aclose()
+
+
+async def test_refused_calls_are_not_counted_as_ours(redis_url: str) -> None:
+    # A limit that fell under us (Replicate tightens it as credit runs low): every call in flight
+    # is refused, and each refusal lowers the share we measure, down to what got through.
+    clocked, limiter = await _shared_key(redis_url)
+    try:
+        assert (await clocked.acquire(420, 0)).granted == 420
+        await clocked.advance(1_500)
+        for _ in range(60):
+            factor, _ = await limiter.report(REPLICATE_CREATE, Observation(throttled=True))
+        assert factor == pytest.approx((420 - 59) / 600, abs=0.002)
+    finally:
+        await clocked.store.aclose()
+
+
+async def test_a_429_on_a_young_window_halves_at_most_once_per_hold(redis_url: str) -> None:
+    clocked, limiter = await _shared_key(redis_url)
+    try:
+        assert (await clocked.acquire(60, 0)).granted == 60  # a few seconds of our traffic, then a 429
+        await clocked.advance(1_000)
+        first, _ = await limiter.report(REPLICATE_CREATE, Observation(throttled=True))
+        second, _ = await limiter.report(REPLICATE_CREATE, Observation(throttled=True))
+        assert first == second == pytest.approx(0.5)
+        await clocked.advance(61_000)  # a new hold period: it may halve again
+        third, _ = await limiter.report(REPLICATE_CREATE, Observation(throttled=True))
+        assert third == pytest.approx(0.25, abs=0.01)
+    finally:
+        await clocked.store.aclose()
 
 
 async def test_cooldown_and_rate_factor_are_shared_by_replicas(redis_url: str, replicas: Replicas) -> None:

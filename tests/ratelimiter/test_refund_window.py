@@ -8,78 +8,14 @@ Redis would have in that time.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.ratelimiter.budgets import Budget, make_budget
-from services.ratelimiter.grants import GrantId
-from services.ratelimiter.lane import LuaScript
-from services.ratelimiter.store import _SCRIPTS, Ask, BudgetStore, Decision, StoreParams
+from tests.ratelimiter.clocked import Clocked
 
 WINDOW_MS = 60_000
 SLOW_TPM = 60.0  # at burst fraction 0.5: 30 tokens of burst, one token back every 2 s
-
-
-def _clocked_source(source: str, clock_key: str) -> str:
-    clock = f"{{string.match(redis.call('GET', '{clock_key}'), '(%d+) (%d+)')}}"
-    assert source.count("redis.call('TIME')") == 1
-    return source.replace("redis.call('TIME')", clock)
-
-
-@dataclass
-class Clocked:
-    """A store whose scripts read the time from a key this test sets."""
-
-    store: BudgetStore
-    budget: Budget
-    prefix: str
-    now_ms: int = 1_000_000_000_000
-    grants: list[tuple[int, GrantId]] = field(default_factory=list)  # (issued ms, grant)
-    serial: int = 0
-
-    @classmethod
-    async def create(cls, redis_url: str, tpm: float, burst_fraction: float) -> Clocked:
-        prefix = f"test:{uuid.uuid4().hex[:10]}"
-        params = StoreParams(prefix, 600.0, 60.0, 0.05, 1.0, burst_fraction)
-        store = BudgetStore(redis_url, params)
-        clock_key = f"{prefix}:clock"
-        store._acquire_script = LuaScript(_clocked_source((_SCRIPTS / "acquire.lua").read_text(), clock_key))
-        store._close = store._redis.register_script(_clocked_source((_SCRIPTS / "close.lua").read_text(), clock_key))
-        budget = make_budget("openai:clocked", 100_000.0, tpm, time_scale=1.0, burst_fraction=burst_fraction)
-        clocked = cls(store, budget, prefix)
-        await clocked._write_clock()
-        return clocked
-
-    async def _write_clock(self) -> None:
-        await self.store._redis.set(f"{self.prefix}:clock", f"{self.now_ms // 1000} {self.now_ms % 1000 * 1000}")
-
-    async def advance(self, ms: int) -> None:
-        self.now_ms += ms
-        await self._write_clock()
-        redis = self.store._redis
-        async for key in redis.scan_iter(match=f"{self.prefix}:*"):
-            left = await redis.pttl(key)
-            if left > 0:
-                if left <= ms:
-                    await redis.delete(key)
-                else:
-                    await redis.pexpire(key, left - ms)
-
-    async def acquire(self, count: int, tokens_each: int) -> Decision:
-        self.serial += 1
-        prefix = f"p{self.serial}"
-        decision = (await self.store.acquire(self.budget, [Ask(count, tokens_each, "", False, prefix)]))[0]
-        assert decision.now_us == self.now_ms * 1000
-        for k in range(1, decision.granted + 1):
-            grant = GrantId(self.budget.name, "", tokens_each, decision.now_us, f"{prefix}.{k}")
-            self.grants.append((self.now_ms, grant))
-        return decision
-
-    async def close(self, grant: GrantId, used: int) -> None:
-        await self.store.close(self.budget, "", [(grant, used)])
 
 
 async def test_a_refund_after_the_budget_caught_up_is_granted_again(redis_url: str) -> None:
