@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,9 +25,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What a request without an output cap counts against TPM: OpenAI reserves the model's own
+# output ceiling ("the platform assumes a default upper bound"); gpt-4o and gpt-4o-mini's is 16,384.
+DEFAULT_MAX_OUTPUT_TOKENS = 16_384
+
+
 class ModelLimit(_Strict):
+    """One model's budget, and how the provider counts a request against its TPM.
+
+    `tokens_counted`:
+    - `admission` (OpenAI, Azure OpenAI): when the request arrives, from its estimated prompt
+      tokens plus `n` x its output cap (`max_output_tokens` when it sets none); never given back;
+    - `usage`: from what the call really used, known when it ends.
+    """
+
     rpm: int = Field(gt=0)
     tpm: int = Field(gt=0)
+    tokens_counted: Literal["admission", "usage"] = "admission"
+    max_output_tokens: int = Field(default=DEFAULT_MAX_OUTPUT_TOKENS, gt=0)
 
 
 class ReplicateLimits(_Strict):

@@ -29,6 +29,9 @@ class Budget:
     token_burst: int
     request_interval_us: float  # GCRA emission interval of one request
     token_interval_us: float  # of one token; 0 without a token dimension
+    # The provider counts what a call used, known when it ends (settles correct the budget),
+    # rather than what the request asked for when it arrived (OpenAI: the reservation stands).
+    counts_usage: bool = False
 
 
 def _gcra(limit_per_minute: float, time_scale: float, burst_fraction: float) -> tuple[int, float]:
@@ -46,6 +49,7 @@ def make_budget(
     time_scale: float,
     burst_fraction: float,
     max_in_flight: int = 0,
+    counts_usage: bool = False,
 ) -> Budget:
     burst, request_interval = _gcra(rpm, time_scale, burst_fraction)
     token_burst, token_interval = _gcra(tpm, time_scale, burst_fraction) if tpm > 0 else (0, 0.0)
@@ -58,6 +62,7 @@ def make_budget(
         token_burst=token_burst,
         request_interval_us=request_interval,
         token_interval_us=token_interval,
+        counts_usage=counts_usage,
     )
 
 
@@ -81,9 +86,9 @@ class BudgetBook:
         self._add(REPLICATE_CREATE, limits.replicate.create_rpm * u, 0.0)
         self._add(REPLICATE_READ, limits.replicate.read_rpm * u, 0.0)
         for model, limit in limits.openai.models.items():
-            self._add(OPENAI_PREFIX + model, limit.rpm * u, limit.tpm * u)
+            self._add(OPENAI_PREFIX + model, limit.rpm * u, limit.tpm * u, limit.tokens_counted == "usage")
 
-    def _add(self, name: str, rpm: float, tpm: float) -> Budget:
+    def _add(self, name: str, rpm: float, tpm: float, counts_usage: bool = False) -> Budget:
         budget = make_budget(
             name,
             rpm,
@@ -91,6 +96,7 @@ class BudgetBook:
             time_scale=self._time_scale,
             burst_fraction=self._burst_fraction,
             max_in_flight=self._concurrency.get(name, 0),
+            counts_usage=counts_usage,
         )
         self._budgets[name] = budget
         return budget
@@ -103,7 +109,7 @@ class BudgetBook:
         if name.startswith(OPENAI_PREFIX) and model and "|" not in model:
             default = self._limits.openai.default
             u = self._limits.utilization
-            return self._add(name, default.rpm * u, default.tpm * u)
+            return self._add(name, default.rpm * u, default.tpm * u, default.tokens_counted == "usage")
         raise InvalidBudgetRequest(
             f"unknown budget {name!r}: expected replicate:create, replicate:read or openai:<model>"
         )

@@ -87,6 +87,16 @@ class BudgetClient:
         )
         await self._call(lambda stub: stub.Settle(request, timeout=self._timeout_s))
 
+    async def adjust(self, adjustments: Sequence[tuple[str, int]]) -> list[str]:
+        """Set what open grants reserve; their new ids in order ("" for a grant already closed)."""
+        if not adjustments:
+            return []
+        request = ratelimiter_pb2.AdjustRequest(
+            adjustments=[ratelimiter_pb2.Adjustment(grant_id=g, tokens=max(0, t)) for g, t in adjustments]
+        )
+        reply = await self._call(lambda stub: stub.Adjust(request, timeout=self._timeout_s))
+        return list(reply.grant_ids)
+
     async def release(self, grant_ids: Sequence[str]) -> None:
         """Give back grants whose upstream call never happened."""
         if not grant_ids:

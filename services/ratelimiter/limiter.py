@@ -124,8 +124,33 @@ class RateLimiter:
         return meters
 
     async def settle(self, usages: Sequence[tuple[str, int]]) -> int:
-        """Close grants with their actual token usage; returns tokens charged (<0: refunded)."""
+        """Close grants with their actual token usage; returns tokens charged (<0: refunded).
+
+        Only a budget whose provider counts usage is corrected by it: where the provider
+        counted the request when it arrived, that count stands, so the reservation does too.
+        """
         return (await self._close([(raw, max(0, used)) for raw, used in usages]))[1]
+
+    async def adjust(self, adjustments: Sequence[tuple[str, int]]) -> tuple[list[str], int]:
+        """Set what open grants reserve: (their new ids in order, "" for a closed one; tokens
+        charged, <0 refunded)."""
+        groups: dict[tuple[str, str], list[tuple[int, GrantId, int]]] = defaultdict(list)
+        for k, (raw, tokens) in enumerate(adjustments):
+            if tokens < 0:
+                raise InvalidBudgetRequest("tokens must not be negative")
+            grant = GrantId.decode(raw)
+            groups[(grant.budget, grant.tenant)].append((k, grant, tokens))
+        ids = [""] * len(adjustments)
+        total = 0
+        for (budget_name, tenant), group in groups.items():
+            budget = self.book.get(budget_name)
+            moved, adjusted = await self._guard(
+                self._store.adjust(budget, tenant, [(grant, tokens) for _, grant, tokens in group])
+            )
+            total += adjusted
+            for (k, _, _), new in zip(group, moved, strict=True):
+                ids[k] = new.encode() if new is not None else ""
+        return ids, total
 
     async def release(self, grant_ids: Sequence[str]) -> int:
         """Give back grants whose call never happened; returns how many were still open."""
@@ -136,7 +161,12 @@ class RateLimiter:
         for raw, used in items:
             grant = GrantId.decode(raw)
             groups[(grant.budget, grant.tenant)].append((grant, used))
-        work = [(self.book.get(b), t, g) for (b, t), g in groups.items()]
+        work = []
+        for (name, tenant), grants in groups.items():
+            budget = self.book.get(name)
+            if not budget.counts_usage:
+                grants = [(g, used if used == RELEASE else g.tokens) for g, used in grants]
+            work.append((budget, tenant, grants))
         if not work:
             return 0, 0
         return await self._guard(gather_closes(self._store, work))

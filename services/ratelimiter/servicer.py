@@ -64,6 +64,11 @@ class RateLimiterServicer(ratelimiter_pb2_grpc.RateLimiterServicer):
         adjusted = await call_or_abort(context, self._limiter.settle(usages), self._retry_s)
         return ratelimiter_pb2.SettleResponse(tokens_adjusted=adjusted)
 
+    async def Adjust(self, request: ratelimiter_pb2.AdjustRequest, context: Any) -> ratelimiter_pb2.AdjustResponse:
+        adjustments = [(a.grant_id, a.tokens) for a in request.adjustments]
+        ids, adjusted = await call_or_abort(context, self._limiter.adjust(adjustments), self._retry_s)
+        return ratelimiter_pb2.AdjustResponse(grant_ids=ids, tokens_adjusted=adjusted)
+
     async def Release(self, request: ratelimiter_pb2.ReleaseRequest, context: Any) -> ratelimiter_pb2.ReleaseResponse:
         released = await call_or_abort(context, self._limiter.release(list(request.grant_ids)), self._retry_s)
         return ratelimiter_pb2.ReleaseResponse(released=released)

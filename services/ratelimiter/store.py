@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -184,6 +184,23 @@ class BudgetStore:
 
         Returns (grants closed now, tokens adjusted: >0 charged, <0 refunded).
         """
+        closed, adjusted, _ = await self._close_script(budget, tenant, grants, "close")
+        return closed, adjusted
+
+    async def adjust(
+        self, budget: Budget, tenant: str, grants: Sequence[tuple[GrantId, int]]
+    ) -> tuple[list[GrantId | None], int]:
+        """Set what open grants of one budget and tenant reserve: (the grants under their new
+        ids, None where a grant was closed already; tokens adjusted)."""
+        _, adjusted, done = await self._close_script(budget, tenant, grants, "adjust")
+        return [
+            replace(grant, tokens=tokens, serial=grant.serial + "a") if ok else None
+            for (grant, tokens), ok in zip(grants, done, strict=True)
+        ], adjusted
+
+    async def _close_script(
+        self, budget: Budget, tenant: str, grants: Sequence[tuple[GrantId, int]], mode: str
+    ) -> tuple[int, int, list[bool]]:
         name = budget.name
         keys = [
             self._key(name, "req"),
@@ -206,11 +223,12 @@ class BudgetStore:
             self._p.time_scale,
             self._p.burst_fraction,
             self.window_us,
+            mode,
         ]
         for grant, used in grants:
             args += [grant.serial, grant.tokens, grant.issued_us, used]
-        closed, adjusted = await self._run(self._close, keys, args)
-        return int(closed), int(adjusted)
+        closed, adjusted, *done = await self._run(self._close, keys, args)
+        return int(closed), int(adjusted), [bool(d) for d in done]
 
     async def feedback(
         self,

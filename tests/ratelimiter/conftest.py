@@ -17,10 +17,18 @@ from tests.support.processes import ServiceProcess
 
 # Small limits so that arithmetic is exact within a test's runtime: at these rates a
 # request or a token comes back only after seconds.
+# The OpenAI budgets here count usage (settles correct them), except `admitted-model`, which
+# counts a request as OpenAI does, when it arrives.
 SLOW_LIMITS = {
     "utilization": 1.0,
     "replicate": {"create_rpm": 6, "read_rpm": 600},
-    "openai": {"default": {"rpm": 6000, "tpm": 60}, "models": {"slow-model": {"rpm": 6, "tpm": 60}}},
+    "openai": {
+        "default": {"rpm": 6000, "tpm": 60, "tokens_counted": "usage"},
+        "models": {
+            "slow-model": {"rpm": 6, "tpm": 60, "tokens_counted": "usage"},
+            "admitted-model": {"rpm": 6000, "tpm": 60},
+        },
+    },
 }
 
 

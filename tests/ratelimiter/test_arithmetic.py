@@ -123,3 +123,55 @@ async def test_invalid_requests(parts: RateLimiterServer, budget: str, count: in
             await parts.limiter.acquire(budget, count)
         else:
             await parts.limiter.release([grant_id])
+
+
+ADMITTED = "openai:admitted-model"  # counts a request when it arrives, as OpenAI does (tpm 60)
+
+
+async def test_where_the_provider_counts_at_arrival_a_settle_gives_nothing_back(parts: RateLimiterServer) -> None:
+    for budget, kept in ((ADMITTED, 30), ("openai:slow-model", 3)):
+        got = await parts.limiter.acquire(budget, 3, tokens_each=10)
+        assert len(got.grant_ids) == 3
+        # The calls used far less than they asked for: OpenAI still counted 30 tokens, while a
+        # provider that counts usage counted 3.
+        assert await parts.limiter.settle([(g, 1) for g in got.grant_ids]) == (0 if budget == ADMITTED else -27)
+        usage = {b.name: u for b, u in await parts.limiter.stats()}[budget]
+        assert usage.tokens_last_minute == kept
+
+
+async def test_a_call_that_never_left_gives_its_tokens_back_wherever_they_are_counted(parts: RateLimiterServer) -> None:
+    got = await parts.limiter.acquire(ADMITTED, 2, tokens_each=10)
+    assert await parts.limiter.release(got.grant_ids[:1]) == 1
+    usage = {b.name: u for b, u in await parts.limiter.stats()}[ADMITTED]
+    assert (usage.requests_last_minute, usage.tokens_last_minute) == (1, 10)
+
+
+async def test_adjust_sets_each_reservation_and_keeps_the_grant_open(parts: RateLimiterServer) -> None:
+    # Reserved at the lane's largest cost, then set to each item's own once claimed.
+    got = await parts.limiter.acquire(ADMITTED, 3, tokens_each=10)
+    assert len(got.grant_ids) == 3
+    ids, adjusted = await parts.limiter.adjust([(got.grant_ids[0], 5), (got.grant_ids[1], 12), (got.grant_ids[2], 10)])
+    assert adjusted == -5 + 2
+    assert all(ids) and not set(ids) & set(got.grant_ids)
+    usage = {b.name: u for b, u in await parts.limiter.stats()}[ADMITTED]
+    assert usage.tokens_last_minute == 27
+    # The old ids are spent: adjusting or closing them again changes nothing.
+    again, _ = await parts.limiter.adjust([(got.grant_ids[0], 1)])
+    assert again == [""]
+    assert await parts.limiter.release(got.grant_ids) == 0
+    # The new ids carry the new reservation: releasing one gives back what it holds now.
+    assert await parts.limiter.release(ids[:1]) == 1
+    usage = {b.name: u for b, u in await parts.limiter.stats()}[ADMITTED]
+    assert (usage.requests_last_minute, usage.tokens_last_minute) == (2, 22)
+
+
+async def test_adjust_moves_a_concurrency_slot_with_the_grant(redis_url: str, slow_limits: str) -> None:
+    built = RateLimiterServer(make_config(redis_url, slow_limits, concurrency={ADMITTED: 2}))
+    try:
+        got = await built.limiter.acquire(ADMITTED, 2, tokens_each=10)
+        ids, _ = await built.limiter.adjust([(g, 5) for g in got.grant_ids])
+        assert (await built.limiter.acquire(ADMITTED, 1, tokens_each=1)).decision.limited_by == "concurrency"
+        await built.limiter.settle([(ids[0], 5)])
+        assert len((await built.limiter.acquire(ADMITTED, 1, tokens_each=1)).grant_ids) == 1
+    finally:
+        await built.store.aclose()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(fairway/ratelimiter/v1/ratelimiter.proto\x12\x16\x66\x61irway.ratelimiter.v1\"l\n\x0e\x41\x63quireRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x13\n\x0btokens_each\x18\x03 \x01(\x04\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x16\n\x0e\x61ll_or_nothing\x18\x05 \x01(\x08\"#\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x04\"k\n\x0f\x41\x63quireResponse\x12-\n\x06grants\x18\x01 \x03(\x0b\x32\x1d.fairway.ratelimiter.v1.Grant\x12\x15\n\rretry_after_s\x18\x02 \x01(\x01\x12\x12\n\nlimited_by\x18\x03 \x01(\t\"3\n\nSettlement\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x13\n\x0bused_tokens\x18\x02 \x01(\x04\"H\n\rSettleRequest\x12\x37\n\x0bsettlements\x18\x01 \x03(\x0b\x32\".fairway.ratelimiter.v1.Settlement\")\n\x0eSettleResponse\x12\x17\n\x0ftokens_adjusted\x18\x01 \x01(\x03\"#\n\x0eReleaseRequest\x12\x11\n\tgrant_ids\x18\x01 \x03(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\r\"\xc4\x02\n\x0eUpstreamReport\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x11\n\tthrottled\x18\x02 \x01(\x08\x12\x15\n\rretry_after_s\x18\x03 \x01(\x01\x12\x1f\n\x12remaining_requests\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x1d\n\x10remaining_tokens\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12\x18\n\x10reset_requests_s\x18\x06 \x01(\x01\x12\x16\n\x0ereset_tokens_s\x18\x07 \x01(\x01\x12\x1b\n\x0elimit_requests\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x19\n\x0climit_tokens\x18\t \x01(\x03H\x03\x88\x01\x01\x42\x15\n\x13_remaining_requestsB\x13\n\x11_remaining_tokensB\x11\n\x0f_limit_requestsB\x0f\n\r_limit_tokens\"A\n\x16UpstreamReportResponse\x12\x13\n\x0brate_factor\x18\x01 \x01(\x01\x12\x12\n\ncooldown_s\x18\x02 \x01(\x01\"\x11\n\x0fGetStatsRequest\"\xb3\x02\n\x0b\x42udgetStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tlimit_rpm\x18\x02 \x01(\x01\x12\x1c\n\x14requests_last_minute\x18\x03 \x01(\x04\x12\x11\n\tlimit_tpm\x18\x04 \x01(\x01\x12\x1a\n\x12tokens_last_minute\x18\x05 \x01(\x04\x12\x1a\n\x12\x64\x65nied_last_minute\x18\x06 \x01(\x04\x12\x13\n\x0brate_factor\x18\x07 \x01(\x01\x12\x16\n\x0e\x63ooldown_until\x18\x08 \x01(\x01\x12\r\n\x05\x62urst\x18\t \x01(\x04\x12\x19\n\x11rpm_usage_percent\x18\n \x01(\x01\x12\x19\n\x11tpm_usage_percent\x18\x0b \x01(\x01\x12\x11\n\tin_flight\x18\x0c \x01(\x04\x12\x15\n\rmax_in_flight\x18\r \x01(\r\"[\n\x10GetStatsResponse\x12\x34\n\x07\x62udgets\x18\x01 \x03(\x0b\x32#.fairway.ratelimiter.v1.BudgetStats\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\"P\n\nTenantCaps\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\t\x12\x0b\n\x03rpm\x18\x03 \x01(\x01\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\"\x14\n\x12TenantCapsResponse2\xc8\x04\n\x0bRateLimiter\x12Z\n\x07\x41\x63quire\x12&.fairway.ratelimiter.v1.AcquireRequest\x1a\'.fairway.ratelimiter.v1.AcquireResponse\x12W\n\x06Settle\x12%.fairway.ratelimiter.v1.SettleRequest\x1a&.fairway.ratelimiter.v1.SettleResponse\x12Z\n\x07Release\x12&.fairway.ratelimiter.v1.ReleaseRequest\x1a\'.fairway.ratelimiter.v1.ReleaseResponse\x12h\n\x0eReportUpstream\x12&.fairway.ratelimiter.v1.UpstreamReport\x1a..fairway.ratelimiter.v1.UpstreamReportResponse\x12]\n\x08GetStats\x12\'.fairway.ratelimiter.v1.GetStatsRequest\x1a(.fairway.ratelimiter.v1.GetStatsResponse\x12_\n\rSetTenantCaps\x12\".fairway.ratelimiter.v1.TenantCaps\x1a*.fairway.ratelimiter.v1.TenantCapsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(fairway/ratelimiter/v1/ratelimiter.proto\x12\x16\x66\x61irway.ratelimiter.v1\"l\n\x0e\x41\x63quireRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x13\n\x0btokens_each\x18\x03 \x01(\x04\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x16\n\x0e\x61ll_or_nothing\x18\x05 \x01(\x08\"#\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x04\"k\n\x0f\x41\x63quireResponse\x12-\n\x06grants\x18\x01 \x03(\x0b\x32\x1d.fairway.ratelimiter.v1.Grant\x12\x15\n\rretry_after_s\x18\x02 \x01(\x01\x12\x12\n\nlimited_by\x18\x03 \x01(\t\"3\n\nSettlement\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x13\n\x0bused_tokens\x18\x02 \x01(\x04\"H\n\rSettleRequest\x12\x37\n\x0bsettlements\x18\x01 \x03(\x0b\x32\".fairway.ratelimiter.v1.Settlement\")\n\x0eSettleResponse\x12\x17\n\x0ftokens_adjusted\x18\x01 \x01(\x03\".\n\nAdjustment\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x04\"H\n\rAdjustRequest\x12\x37\n\x0b\x61\x64justments\x18\x01 \x03(\x0b\x32\".fairway.ratelimiter.v1.Adjustment\"<\n\x0e\x41\x64justResponse\x12\x11\n\tgrant_ids\x18\x01 \x03(\t\x12\x17\n\x0ftokens_adjusted\x18\x02 \x01(\x03\"#\n\x0eReleaseRequest\x12\x11\n\tgrant_ids\x18\x01 \x03(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\r\"\xc4\x02\n\x0eUpstreamReport\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x11\n\tthrottled\x18\x02 \x01(\x08\x12\x15\n\rretry_after_s\x18\x03 \x01(\x01\x12\x1f\n\x12remaining_requests\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x1d\n\x10remaining_tokens\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12\x18\n\x10reset_requests_s\x18\x06 \x01(\x01\x12\x16\n\x0ereset_tokens_s\x18\x07 \x01(\x01\x12\x1b\n\x0elimit_requests\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x19\n\x0climit_tokens\x18\t \x01(\x03H\x03\x88\x01\x01\x42\x15\n\x13_remaining_requestsB\x13\n\x11_remaining_tokensB\x11\n\x0f_limit_requestsB\x0f\n\r_limit_tokens\"A\n\x16UpstreamReportResponse\x12\x13\n\x0brate_factor\x18\x01 \x01(\x01\x12\x12\n\ncooldown_s\x18\x02 \x01(\x01\"\x11\n\x0fGetStatsRequest\"\xb3\x02\n\x0b\x42udgetStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tlimit_rpm\x18\x02 \x01(\x01\x12\x1c\n\x14requests_last_minute\x18\x03 \x01(\x04\x12\x11\n\tlimit_tpm\x18\x04 \x01(\x01\x12\x1a\n\x12tokens_last_minute\x18\x05 \x01(\x04\x12\x1a\n\x12\x64\x65nied_last_minute\x18\x06 \x01(\x04\x12\x13\n\x0brate_factor\x18\x07 \x01(\x01\x12\x16\n\x0e\x63ooldown_until\x18\x08 \x01(\x01\x12\r\n\x05\x62urst\x18\t \x01(\x04\x12\x19\n\x11rpm_usage_percent\x18\n \x01(\x01\x12\x19\n\x11tpm_usage_percent\x18\x0b \x01(\x01\x12\x11\n\tin_flight\x18\x0c \x01(\x04\x12\x15\n\rmax_in_flight\x18\r \x01(\r\"[\n\x10GetStatsResponse\x12\x34\n\x07\x62udgets\x18\x01 \x03(\x0b\x32#.fairway.ratelimiter.v1.BudgetStats\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\"P\n\nTenantCaps\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\t\x12\x0b\n\x03rpm\x18\x03 \x01(\x01\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\"\x14\n\x12TenantCapsResponse2\xa1\x05\n\x0bRateLimiter\x12Z\n\x07\x41\x63quire\x12&.fairway.ratelimiter.v1.AcquireRequest\x1a\'.fairway.ratelimiter.v1.AcquireResponse\x12W\n\x06Settle\x12%.fairway.ratelimiter.v1.SettleRequest\x1a&.fairway.ratelimiter.v1.SettleResponse\x12W\n\x06\x41\x64just\x12%.fairway.ratelimiter.v1.AdjustRequest\x1a&.fairway.ratelimiter.v1.AdjustResponse\x12Z\n\x07Release\x12&.fairway.ratelimiter.v1.ReleaseRequest\x1a\'.fairway.ratelimiter.v1.ReleaseResponse\x12h\n\x0eReportUpstream\x12&.fairway.ratelimiter.v1.UpstreamReport\x1a..fairway.ratelimiter.v1.UpstreamReportResponse\x12]\n\x08GetStats\x12\'.fairway.ratelimiter.v1.GetStatsRequest\x1a(.fairway.ratelimiter.v1.GetStatsResponse\x12_\n\rSetTenantCaps\x12\".fairway.ratelimiter.v1.TenantCaps\x1a*.fairway.ratelimiter.v1.TenantCapsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,24 +43,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETTLEREQUEST']._serialized_end=449
   _globals['_SETTLERESPONSE']._serialized_start=451
   _globals['_SETTLERESPONSE']._serialized_end=492
-  _globals['_RELEASEREQUEST']._serialized_start=494
-  _globals['_RELEASEREQUEST']._serialized_end=529
-  _globals['_RELEASERESPONSE']._serialized_start=531
-  _globals['_RELEASERESPONSE']._serialized_end=566
-  _globals['_UPSTREAMREPORT']._serialized_start=569
-  _globals['_UPSTREAMREPORT']._serialized_end=893
-  _globals['_UPSTREAMREPORTRESPONSE']._serialized_start=895
-  _globals['_UPSTREAMREPORTRESPONSE']._serialized_end=960
-  _globals['_GETSTATSREQUEST']._serialized_start=962
-  _globals['_GETSTATSREQUEST']._serialized_end=979
-  _globals['_BUDGETSTATS']._serialized_start=982
-  _globals['_BUDGETSTATS']._serialized_end=1289
-  _globals['_GETSTATSRESPONSE']._serialized_start=1291
-  _globals['_GETSTATSRESPONSE']._serialized_end=1382
-  _globals['_TENANTCAPS']._serialized_start=1384
-  _globals['_TENANTCAPS']._serialized_end=1464
-  _globals['_TENANTCAPSRESPONSE']._serialized_start=1466
-  _globals['_TENANTCAPSRESPONSE']._serialized_end=1486
-  _globals['_RATELIMITER']._serialized_start=1489
-  _globals['_RATELIMITER']._serialized_end=2073
+  _globals['_ADJUSTMENT']._serialized_start=494
+  _globals['_ADJUSTMENT']._serialized_end=540
+  _globals['_ADJUSTREQUEST']._serialized_start=542
+  _globals['_ADJUSTREQUEST']._serialized_end=614
+  _globals['_ADJUSTRESPONSE']._serialized_start=616
+  _globals['_ADJUSTRESPONSE']._serialized_end=676
+  _globals['_RELEASEREQUEST']._serialized_start=678
+  _globals['_RELEASEREQUEST']._serialized_end=713
+  _globals['_RELEASERESPONSE']._serialized_start=715
+  _globals['_RELEASERESPONSE']._serialized_end=750
+  _globals['_UPSTREAMREPORT']._serialized_start=753
+  _globals['_UPSTREAMREPORT']._serialized_end=1077
+  _globals['_UPSTREAMREPORTRESPONSE']._serialized_start=1079
+  _globals['_UPSTREAMREPORTRESPONSE']._serialized_end=1144
+  _globals['_GETSTATSREQUEST']._serialized_start=1146
+  _globals['_GETSTATSREQUEST']._serialized_end=1163
+  _globals['_BUDGETSTATS']._serialized_start=1166
+  _globals['_BUDGETSTATS']._serialized_end=1473
+  _globals['_GETSTATSRESPONSE']._serialized_start=1475
+  _globals['_GETSTATSRESPONSE']._serialized_end=1566
+  _globals['_TENANTCAPS']._serialized_start=1568
+  _globals['_TENANTCAPS']._serialized_end=1648
+  _globals['_TENANTCAPSRESPONSE']._serialized_start=1650
+  _globals['_TENANTCAPSRESPONSE']._serialized_end=1670
+  _globals['_RATELIMITER']._serialized_start=1673
+  _globals['_RATELIMITER']._serialized_end=2346
 # @@protoc_insertion_point(module_scope)

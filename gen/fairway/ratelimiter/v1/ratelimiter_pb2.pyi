@@ -121,7 +121,7 @@ class Settlement(_message.Message):
     USED_TOKENS_FIELD_NUMBER: _builtins.int
     grant_id: _builtins.str
     used_tokens: _builtins.int
-    """actual prompt + completion tokens"""
+    """actual prompt + completion tokens (what the item's usage says)"""
     def __init__(
         self,
         *,
@@ -174,6 +174,75 @@ class SettleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettleResponse: _TypeAlias = SettleResponse  # noqa: Y015
+
+@_typing.final
+class Adjustment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    tokens: _builtins.int
+    """what the call will cost, as the provider counts it"""
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Adjustment: _TypeAlias = Adjustment  # noqa: Y015
+
+@_typing.final
+class AdjustRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADJUSTMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def adjustments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Adjustment]: ...
+    def __init__(
+        self,
+        *,
+        adjustments: _abc.Iterable[Global___Adjustment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustments", b"adjustments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustRequest: _TypeAlias = AdjustRequest  # noqa: Y015
+
+@_typing.final
+class AdjustResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_IDS_FIELD_NUMBER: _builtins.int
+    TOKENS_ADJUSTED_FIELD_NUMBER: _builtins.int
+    tokens_adjusted: _builtins.int
+    """>0 charged, <0 refunded"""
+    @_builtins.property
+    def grant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """in request order; "" for a grant already closed or expired"""
+
+    def __init__(
+        self,
+        *,
+        grant_ids: _abc.Iterable[_builtins.str] | None = ...,
+        tokens_adjusted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_ids", b"grant_ids", "tokens_adjusted", b"tokens_adjusted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustResponse: _TypeAlias = AdjustResponse  # noqa: Y015
 
 @_typing.final
 class ReleaseRequest(_message.Message):

@@ -44,6 +44,11 @@ class RateLimiterStub:
                 request_serializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.SettleRequest.SerializeToString,
                 response_deserializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.SettleResponse.FromString,
                 _registered_method=True)
+        self.Adjust = channel.unary_unary(
+                '/fairway.ratelimiter.v1.RateLimiter/Adjust',
+                request_serializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.AdjustRequest.SerializeToString,
+                response_deserializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.AdjustResponse.FromString,
+                _registered_method=True)
         self.Release = channel.unary_unary(
                 '/fairway.ratelimiter.v1.RateLimiter/Release',
                 request_serializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.ReleaseRequest.SerializeToString,
@@ -78,7 +83,18 @@ class RateLimiterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Settle(self, request, context):
-        """Settle grants with the upstream's reported usage (refund or charge tokens).
+        """Settle grants with the upstream's reported usage (refund or charge tokens), where the
+        provider counts usage; where it counts a request when it arrives (OpenAI), the
+        reservation stands and settling only closes the grant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Adjust(self, request, context):
+        """Set what open grants reserve, once the caller knows each call's cost (the scheduler
+        learns it when it claims the items the grants were for). The budget is corrected at the
+        grants' issue time; each grant stays open under the id returned in its place.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +140,11 @@ def add_RateLimiterServicer_to_server(servicer, server):
                     servicer.Settle,
                     request_deserializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.SettleRequest.FromString,
                     response_serializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.SettleResponse.SerializeToString,
+            ),
+            'Adjust': grpc.unary_unary_rpc_method_handler(
+                    servicer.Adjust,
+                    request_deserializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.AdjustRequest.FromString,
+                    response_serializer=fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.AdjustResponse.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
@@ -200,6 +221,33 @@ class RateLimiter:
             '/fairway.ratelimiter.v1.RateLimiter/Settle',
             fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.SettleRequest.SerializeToString,
             fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Adjust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fairway.ratelimiter.v1.RateLimiter/Adjust',
+            fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.AdjustRequest.SerializeToString,
+            fairway_dot_ratelimiter_dot_v1_dot_ratelimiter__pb2.AdjustResponse.FromString,
             options,
             channel_credentials,
             insecure,

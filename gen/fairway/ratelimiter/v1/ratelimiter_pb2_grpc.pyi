@@ -42,7 +42,15 @@ class RateLimiterStub:
     is denied with the time after which asking again can succeed.
     """
     Settle: _grpc.UnaryUnaryMultiCallable[_ratelimiter_pb2.SettleRequest, _ratelimiter_pb2.SettleResponse]
-    """Settle grants with the upstream's reported usage (refund or charge tokens)."""
+    """Settle grants with the upstream's reported usage (refund or charge tokens), where the
+    provider counts usage; where it counts a request when it arrives (OpenAI), the
+    reservation stands and settling only closes the grant.
+    """
+    Adjust: _grpc.UnaryUnaryMultiCallable[_ratelimiter_pb2.AdjustRequest, _ratelimiter_pb2.AdjustResponse]
+    """Set what open grants reserve, once the caller knows each call's cost (the scheduler
+    learns it when it claims the items the grants were for). The budget is corrected at the
+    grants' issue time; each grant stays open under the id returned in its place.
+    """
     Release: _grpc.UnaryUnaryMultiCallable[_ratelimiter_pb2.ReleaseRequest, _ratelimiter_pb2.ReleaseResponse]
     """Give grants back whose upstream call never happened."""
     ReportUpstream: _grpc.UnaryUnaryMultiCallable[_ratelimiter_pb2.UpstreamReport, _ratelimiter_pb2.UpstreamReportResponse]
@@ -60,7 +68,15 @@ class RateLimiterAsyncStub(RateLimiterStub):
     is denied with the time after which asking again can succeed.
     """
     Settle: _aio.UnaryUnaryMultiCallable[_ratelimiter_pb2.SettleRequest, _ratelimiter_pb2.SettleResponse]  # type: ignore[assignment]
-    """Settle grants with the upstream's reported usage (refund or charge tokens)."""
+    """Settle grants with the upstream's reported usage (refund or charge tokens), where the
+    provider counts usage; where it counts a request when it arrives (OpenAI), the
+    reservation stands and settling only closes the grant.
+    """
+    Adjust: _aio.UnaryUnaryMultiCallable[_ratelimiter_pb2.AdjustRequest, _ratelimiter_pb2.AdjustResponse]  # type: ignore[assignment]
+    """Set what open grants reserve, once the caller knows each call's cost (the scheduler
+    learns it when it claims the items the grants were for). The budget is corrected at the
+    grants' issue time; each grant stays open under the id returned in its place.
+    """
     Release: _aio.UnaryUnaryMultiCallable[_ratelimiter_pb2.ReleaseRequest, _ratelimiter_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Give grants back whose upstream call never happened."""
     ReportUpstream: _aio.UnaryUnaryMultiCallable[_ratelimiter_pb2.UpstreamReport, _ratelimiter_pb2.UpstreamReportResponse]  # type: ignore[assignment]
@@ -87,7 +103,21 @@ class RateLimiterServicer(metaclass=_abc_1.ABCMeta):
         request: _ratelimiter_pb2.SettleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ratelimiter_pb2.SettleResponse, _abc.Awaitable[_ratelimiter_pb2.SettleResponse]]:
-        """Settle grants with the upstream's reported usage (refund or charge tokens)."""
+        """Settle grants with the upstream's reported usage (refund or charge tokens), where the
+        provider counts usage; where it counts a request when it arrives (OpenAI), the
+        reservation stands and settling only closes the grant.
+        """
+
+    @_abc_1.abstractmethod
+    def Adjust(
+        self,
+        request: _ratelimiter_pb2.AdjustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ratelimiter_pb2.AdjustResponse, _abc.Awaitable[_ratelimiter_pb2.AdjustResponse]]:
+        """Set what open grants reserve, once the caller knows each call's cost (the scheduler
+        learns it when it claims the items the grants were for). The budget is corrected at the
+        grants' issue time; each grant stays open under the id returned in its place.
+        """
 
     @_abc_1.abstractmethod
     def Release(
