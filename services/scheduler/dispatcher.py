@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import time
 from collections import Counter, defaultdict
@@ -28,8 +27,8 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.common.limits import lane_scope
 from services.common.logging import get_logger
-from services.ratelimiter.client import BudgetClient, GrantRef
-from services.ratelimiter.errors import BudgetUnavailable
+from services.ratelimiter.client import BudgetClient
+from services.ratelimiter.errors import BudgetUnavailable, RateLimiterError
 from services.scheduler.claims import claim, short_of_room, stripes_left
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.events import JobSignals
@@ -50,8 +49,6 @@ RESYNC_SECONDS = 5.0
 # (rounded up, never before their run_after), so a burst of failures costs few timers.
 _DELAY_GRAIN_S = 0.05
 _UNLIMITED = 1 << 30
-# Weight of one completion in a lane's mean token use (about the last 50 calls).
-_USAGE_EWMA = 0.02
 
 
 def provider_of(lane: str) -> str:
@@ -72,11 +69,11 @@ class Dispatcher:
         self._config = config
         self._replica = replica
         self.lanes: dict[str, LaneShares] = {}
-        self._estimate: dict[str, float] = {}
-        # Mean tokens a call of the lane really used (from completions' usage). Reserving the
-        # upper bound (prompt + max output) wastes the budget: a refund that arrives after the
-        # budget has caught up with the clock is lost, so grants must be close to real use.
-        self._used: dict[str, float] = {}
+        # The largest token count among a token lane's queued items: a round reserves this per
+        # grant, then sets each grant to its item's own count once the claim says which items
+        # it got (`Adjust`). A round therefore waits for room for its largest item, as the
+        # provider would, and every grant ends up reserving exactly what the provider counts.
+        self._bound: dict[str, int] = {}
         self._blocked_until: dict[str, float] = {}
         self._delayed: dict[tuple[float, str, str], int] = {}
         self._turn = 0
@@ -87,7 +84,7 @@ class Dispatcher:
         self._resync_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()  # catch-up resyncs, policy reloads
         self._resync_lock = asyncio.Lock()
-        self._arrived: list[tuple[str, str, int]] | None = None  # adds heard during a resync
+        self._arrived: list[tuple[str, str, int, int]] | None = None  # adds heard during a resync
         self.on_hand_back: Callable[[list[pb.LeaseRef]], Awaitable[None]] | None = None
 
     # ---- lifecycle ----
@@ -129,12 +126,16 @@ class Dispatcher:
                 wanted = backlog.get(name, {})
                 for tenant in set(shares.backlogs()) | set(wanted):
                     shares.set_backlog(tenant, wanted.get(tenant, 0))
-            for lane, tenant, n in arrived:
+            for lane, tenant, n, _ in arrived:
                 self.lanes[lane].add_backlog(tenant, n)
             self.processing = processing
             for name, shares in self.lanes.items():
-                if name not in self._estimate and shares.backlog_total:
-                    self._estimate[name] = await self._pool.fetchval(QUERIES["lane_token_estimate"], name) or 0.0
+                if not shares.backlog_total or provider_of(name) != "openai":
+                    self._bound.pop(name, None)
+                    continue
+                sampled = await self._pool.fetchval(QUERIES["lane_token_bound"], name) or 0
+                heard = [tokens for lane, _, _, tokens in arrived if lane == name]
+                self._bound[name] = max([sampled, *heard])
         self.wake()
 
     async def _resync_forever(self) -> None:
@@ -157,30 +158,14 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
-    def observe_usage(self, lane: str, usage_json: str) -> None:
-        """A completed call's usage: learn the lane's mean real token use (settled per grant)."""
-        try:
-            used = json.loads(usage_json).get("total_tokens")
-        except (ValueError, AttributeError):
-            return
-        if isinstance(used, int) and used > 0:
-            old = self._used.get(lane)
-            self._used[lane] = float(used) if old is None else old + _USAGE_EWMA * (used - old)
-
-    def _tokens_each(self, lane: str) -> int:
-        estimate = self._estimate.get(lane, 0.0)
-        used = self._used.get(lane)
-        return int(estimate if used is None or not estimate else min(estimate, used))
-
-    def add_backlog(self, lane: str, tenant: str, n: int, estimate: float = 0.0) -> None:
+    def add_backlog(self, lane: str, tenant: str, n: int, largest_tokens: float = 0.0) -> None:
         shares = self.lanes.setdefault(lane, LaneShares())
-        before = shares.backlog_total
         shares.add_backlog(tenant, n)
+        tokens = int(largest_tokens)
         if self._arrived is not None:
-            self._arrived.append((lane, tenant, n))
-        if estimate:
-            old = self._estimate.get(lane, estimate)
-            self._estimate[lane] = (old * before + estimate * n) / max(1, before + n)
+            self._arrived.append((lane, tenant, n, tokens))
+        if tokens > self._bound.get(lane, 0):
+            self._bound[lane] = tokens
         self.wake()
 
     def add_backlog_later(self, delay_s: float, lane: str, tenant: str, n: int) -> None:
@@ -211,9 +196,9 @@ class Dispatcher:
 
     def heard_backlog(self, payload: str) -> None:
         """`fairway_backlog`: another replica accepted a submit."""
-        replica, lane, tenant, n, est = payload.split("|")
+        replica, lane, tenant, n, tokens = payload.split("|")
         if replica != self._replica:
-            self.add_backlog(lane, tenant, int(n), float(est))
+            self.add_backlog(lane, tenant, int(n), float(tokens))
 
     def heard_tenant(self, payload: str) -> None:
         """`fairway_tenants`: a tenant was created or its policy changed."""
@@ -314,7 +299,8 @@ class Dispatcher:
         if want == 0:
             return False
         started = time.perf_counter()
-        acquired = await self._budgets.acquire(lane, want, tokens_each=self._tokens_each(lane))
+        bound = self._bound.get(lane, 0)
+        acquired = await self._budgets.acquire(lane, want, tokens_each=bound)
         if not acquired.grants:
             GRANT_WAITS.labels(lane).inc()
             self._blocked_until[lane] = time.monotonic() + acquired.retry_after_s
@@ -326,7 +312,10 @@ class Dispatcher:
             rows = await claim(conn, lane, picks, self._replica, self._config.lease_seconds)
             short = short_of_room(picks, rows)
             held_elsewhere = await stripes_left(conn, lane, short)
-        claimed, handed_back, unused = self._hand_out(rows, list(acquired.grants))
+        grants = [g.id for g in acquired.grants]
+        if bound:
+            grants = await self._fit_grants(rows, grants)
+        claimed, handed_back, unused = self._hand_out(rows, grants)
         self._signals.touch({str(row["job_id"]) for row in rows if row["id"] is not None})
         self._correct_index(shares, picks, claimed, set(short), held_elsewhere)
         shares.commit(dict(claimed), self._tenants.weight)
@@ -341,16 +330,34 @@ class Dispatcher:
         DISPATCH_SECONDS.observe(time.perf_counter() - started)
         return n > 0
 
+    async def _fit_grants(self, rows: list[asyncpg.Record], grants: list[str]) -> list[str]:
+        """Set the grants the claimed items take to each item's own token count (in the order
+        `_hand_out` pairs them). If the ratelimiter cannot be reached, the grants keep the
+        round's larger reservation: safe, only less of the budget is used until they settle."""
+        items = [row for row in rows if row["id"] is not None]
+        pairs = list(zip(grants, items, strict=False))
+        if not pairs:
+            return grants
+        try:
+            fitted = await self._budgets.adjust([(g, int(row["est_tokens"] or 0)) for g, row in pairs])
+        except RateLimiterError as exc:
+            log.warning("could not set %d grants to their items' token counts: %s", len(pairs), exc)
+            return grants
+        return [new or old for new, (old, _) in zip(fitted, pairs, strict=True)] + grants[len(pairs):]
+
     def _hand_out(
-        self, rows: list[asyncpg.Record], grants: list[GrantRef]
+        self, rows: list[asyncpg.Record], grants: list[str]
     ) -> tuple[dict[str, int], list[pb.LeaseRef], list[str]]:
+        """Pair the claimed items with the grants in order: (claimed per tenant, items no
+        predictor took, grants left over)."""
         claimed: dict[str, int] = defaultdict(int)
         handed_back: list[pb.LeaseRef] = []
         unused: list[str] = []
+        spare = iter(grants)
         for row in rows:
             if row["id"] is None:
                 continue
-            grant_id = grants.pop().id
+            grant_id = next(spare)
             if row["upstream_id"]:
                 # A resumed call (the upstream already accepted it) needs no new grant.
                 unused.append(grant_id)
@@ -366,7 +373,7 @@ class Dispatcher:
             self.processing[row["tenant_id"]] += 1
             if not self.workers.assign(assignment):
                 handed_back.append(pb.LeaseRef(item_id=assignment.item_id, lease=assignment.lease))
-        unused += [g.id for g in grants]
+        unused += list(spare)
         return claimed, handed_back, unused
 
     def _correct_index(

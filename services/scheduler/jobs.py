@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
+from services.common.limits import Limits
 from services.scheduler.errors import (
     IdempotencyConflict,
     InsufficientCredits,
@@ -18,7 +19,7 @@ from services.scheduler.errors import (
     NotFound,
     QueueFull,
 )
-from services.scheduler.lanes import check_operation, estimate_tokens, lane_for
+from services.scheduler.lanes import admission_tokens, check_operation, lane_for
 from services.scheduler.sql import QUERIES
 
 MAX_ITEMS_PER_JOB = 100_000
@@ -26,7 +27,7 @@ MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 ITEM_STATUS_NAMES = {v: k for k, v in pb.ItemStatus.items() if v}
 
-# (lane, tenant, items added, mean token estimate) -> None
+# (lane, tenant, items added, the largest of their token counts) -> None
 BacklogListener = Callable[[str, str, int, float], None]
 
 
@@ -98,9 +99,11 @@ def _check_input(provider: str, operation: str, index: int, value: dict[str, Any
 
 class Jobs:
     def __init__(
-        self, pool: asyncpg.Pool, *, item_cost: int, replica: str, on_backlog: BacklogListener
+        self, pool: asyncpg.Pool, *, item_cost: int, replica: str, on_backlog: BacklogListener,
+        limits: Limits | None = None,
     ) -> None:
         self._pool = pool
+        self._limits = limits or Limits()
         self._item_cost = item_cost
         self._replica = replica
         self._on_backlog = on_backlog
@@ -120,13 +123,21 @@ class Jobs:
                 raise ValueError
         except ValueError:
             raise InvalidRequest("metadata: must be a JSON object") from None
-        refs, inputs, estimates = [], [], []
+        refs, inputs, costs = [], [], []
+        tpm = self._limits.openai.for_model(req.model).tpm
         for i, item in enumerate(req.items):
             value = _parse_input(i, item.input_json)
             _check_input(req.provider, operation, i, value)
             refs.append(item.ref)
             inputs.append(item.input_json)
-            estimates.append(estimate_tokens(req.provider, operation, value))
+            tokens = admission_tokens(self._limits, req.provider, operation, req.model, value)
+            if tokens > tpm:
+                # The provider refuses such a request for good ("Request too large").
+                raise InvalidRequest(
+                    f"items[{i}].input: counts {tokens} tokens (prompt + output cap) against {req.model}'s "
+                    f"limit of {tpm} tokens a minute; lower its output cap (max_tokens) or shorten it"
+                )
+            costs.append(tokens)
         lane = lane_for(req.provider, req.model, operation)
         job_id = uuid.uuid4()
 
@@ -172,16 +183,16 @@ class Jobs:
                 req.priority, metadata, n, req.idempotency_key or None, req.request_hash or None,
             )
             await conn.execute(QUERIES["insert_items"], job_id, req.tenant, lane, req.priority, cost,
-                               refs, inputs, estimates)
+                               refs, inputs, costs)
             await conn.execute(QUERIES["open_job_cursor"], job_id, lane, req.tenant, req.priority, job["seq"], n,
                                job["created_at"])
             if cost:
                 await conn.execute(QUERIES["ledger_reserve"], req.tenant, -cost * n, job_id)
-            mean_est = sum(estimates) / n
+            largest = max(costs)
             await conn.execute(QUERIES["count_submitted"], lane, req.tenant, n)
             await conn.execute(QUERIES["notify_backlog"],
-                               f"{self._replica}|{lane}|{req.tenant}|{n}|{mean_est:.1f}")
-        self._on_backlog(lane, req.tenant, n, mean_est)
+                               f"{self._replica}|{lane}|{req.tenant}|{n}|{largest}")
+        self._on_backlog(lane, req.tenant, n, largest)
         return await self.get(req.tenant, str(job_id))
 
     async def get(self, tenant: str, job_id: str) -> pb.Job:

@@ -1,4 +1,4 @@
-"""Lanes: items queue per upstream budget, and what one call of an item is estimated to use.
+"""Lanes: items queue per upstream budget, and what one call of an item counts against it.
 
     lane_for("replicate", "google/nano-banana", "prediction")  # "replicate:create"
     lane_for("openai", "gpt-4o-mini", "chat")                  # "openai:gpt-4o-mini"
@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.common.limits import REPLICATE_CREATE, openai_budget
+from services.common.limits import REPLICATE_CREATE, Limits, openai_budget
 from services.scheduler.errors import InvalidRequest
 
 OPERATIONS = {"replicate": ("prediction",), "openai": ("chat", "response", "image")}
 DEFAULT_OPERATION = {"replicate": "prediction", "openai": "chat"}
-# Output tokens assumed when the item sets no maximum; the call is settled with real usage.
-DEFAULT_MAX_OUTPUT_TOKENS = 256
-# Token-per-character ratio of English text in common tokenizers; the estimate only has
-# to be close, since every grant is settled with the provider's own count.
+# Characters a token in the estimate of a prompt. Providers estimate a request's tokens from
+# its characters when it arrives (OpenAI: "based on the character count of your request");
+# the JSON of the messages counts a little more than their text, never less.
 _CHARS_PER_TOKEN = 4
+# What an image in a prompt counts (OpenAI's base for a low-detail image).
+_IMAGE_TOKENS = 85
+_IMAGE_PARTS = ("image_url", "input_image")
 
 
 def lane_for(provider: str, model: str, operation: str) -> str:
@@ -38,17 +40,41 @@ def check_operation(provider: str, operation: str) -> str:
     return chosen
 
 
-def estimate_tokens(provider: str, operation: str, item_input: dict[str, Any]) -> int:
-    """Prompt plus maximum output tokens of one OpenAI call; 0 for request-only budgets."""
-    if provider != "openai":
-        return 0
-    if operation == "image":
+def admission_tokens(limits: Limits, provider: str, operation: str, model: str, item_input: dict[str, Any]) -> int:
+    """What one call of an item counts against its lane's tokens per minute, as the provider
+    counts it when the request arrives: the prompt's estimated tokens plus `n` x the output
+    cap (`max_tokens` / `max_completion_tokens` / `max_output_tokens`; the model's own
+    ceiling when the item sets none). 0 for request-only budgets.
+
+    >>> admission_tokens(Limits(), "openai", "chat", "gpt-4o-mini",
+    ...                  {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 50})
+    59
+    """
+    if provider != "openai" or operation == "image":
         return 0
     if operation == "chat":
-        prompt = json.dumps(item_input.get("messages", ""))
-        out = item_input.get("max_tokens") or item_input.get("max_completion_tokens")
+        prompt = item_input.get("messages", "")
+        cap = _first_int(item_input, "max_completion_tokens", "max_tokens")
+        n = _first_int(item_input, "n") or 1
     else:
-        prompt = json.dumps(item_input.get("input", ""))
-        out = item_input.get("max_output_tokens")
-    out_tokens = out if isinstance(out, int) and out > 0 else DEFAULT_MAX_OUTPUT_TOKENS
-    return len(prompt) // _CHARS_PER_TOKEN + 1 + out_tokens
+        prompt = item_input.get("input", "")
+        cap = _first_int(item_input, "max_output_tokens")
+        n = 1
+    if cap is None:
+        cap = limits.openai.for_model(model).max_output_tokens
+    return prompt_tokens(prompt) + n * cap
+
+
+def prompt_tokens(prompt: object) -> int:
+    """Estimated tokens of a prompt (messages, or a Responses `input`): its JSON's characters
+    by four, and an image's own count for each image part."""
+    text = json.dumps(prompt)
+    return len(text) // _CHARS_PER_TOKEN + 1 + _IMAGE_TOKENS * sum(text.count(f'"type": "{t}"') for t in _IMAGE_PARTS)
+
+
+def _first_int(values: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = values.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

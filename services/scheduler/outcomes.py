@@ -67,10 +67,6 @@ class Outcomes:
             [c.output_json for c in batch], [c.usage_json or None for c in batch],
         )
         OUTCOMES.labels("done").inc(len(rows))
-        usage = {c.lease.item_id: c.usage_json for c in batch if c.usage_json}
-        for row in rows:
-            if text := usage.get(str(row["id"])):
-                self._dispatcher.observe_usage(row["lane"], text)
         self._after(rows)
         if rows:
             self.counts.wake()

@@ -16,6 +16,7 @@ from fairway.scheduler.v1 import scheduler_pb2_grpc
 from services.common.errors import FairwayError
 from services.common.grpc_errors import ErrorMapping
 from services.common.grpc_server import HealthState, create_server
+from services.common.limits import Limits
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.errors import BudgetUnavailable
 from services.scheduler.config import SchedulerConfig
@@ -89,7 +90,8 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
     signals = JobSignals(pool, replica)
     dispatcher = Dispatcher(pool, budgets, WorkerRegistry(), tenants, signals, config, replica,
                             DispatchRates(pool, replica))
-    jobs = Jobs(pool, item_cost=config.item_cost, replica=replica, on_backlog=dispatcher.add_backlog)
+    jobs = Jobs(pool, item_cost=config.item_cost, replica=replica, on_backlog=dispatcher.add_backlog,
+                limits=Limits.load(config.limits_path))
     outcomes = Outcomes(pool, dispatcher, signals, jobs, config)
     notices = Notices(config.database_url)
     notices.subscribe("fairway_backlog", dispatcher.heard_backlog)

@@ -34,17 +34,27 @@ LIMITS = {
     "replicate": {"create_rpm": 6_000_000, "read_rpm": 6_000_000},
     "openai": {
         "default": {"rpm": 6_000_000, "tpm": 6_000_000_000},
-        "models": {"slow-model": {"rpm": 6, "tpm": 6_000_000}, "paced-model": {"rpm": 120, "tpm": 6_000_000}},
+        "models": {
+            "slow-model": {"rpm": 6, "tpm": 6_000_000},
+            "paced-model": {"rpm": 120, "tpm": 6_000_000},
+            "token-model": {"rpm": 6_000_000, "tpm": 3_000, "max_output_tokens": 1_000},
+        },
     },
 }
 
 
 @pytest.fixture
-async def ratelimiter(redis_url: str, tmp_path: Path) -> AsyncIterator[str]:
+def limits_path(tmp_path: Path) -> str:
     path = tmp_path / "limits.yaml"
     path.write_text(yaml.safe_dump(LIMITS))
+    return str(path)
+
+
+@pytest.fixture
+async def ratelimiter(redis_url: str, limits_path: str) -> AsyncIterator[str]:
+    path = limits_path
     config = RateLimiterConfig.model_validate({
-        "redis_url": redis_url, "limits_path": str(path), "port": 0, "metrics_port": 0,
+        "redis_url": redis_url, "limits_path": path, "port": 0, "metrics_port": 0,
         "key_prefix": f"test:{uuid.uuid4().hex[:10]}", "burst_fraction": 0.5,
     })
     parts = RateLimiterServer(config)
@@ -59,14 +69,14 @@ StartScheduler = Callable[..., Awaitable[SchedulerApp]]
 
 
 @pytest.fixture
-async def start_scheduler(database_url: str, ratelimiter: str) -> AsyncIterator[StartScheduler]:
+async def start_scheduler(database_url: str, ratelimiter: str, limits_path: str) -> AsyncIterator[StartScheduler]:
     """Start scheduler replicas on this test's database; all are closed at the end."""
     apps: list[SchedulerApp] = []
 
     async def start(**overrides: Any) -> SchedulerApp:
         config = SchedulerConfig.model_validate({
             "DATABASE_URL": database_url, "FAIRWAY_SCHEDULER_PORT": 0, "FAIRWAY_RATELIMITER_ADDR": ratelimiter,
-            "DB_POOL_MIN": 1, "DB_POOL_MAX": 6, **overrides,
+            "FAIRWAY_LIMITS": limits_path, "DB_POOL_MIN": 1, "DB_POOL_MAX": 6, **overrides,
         })
         app = await create_scheduler(config)
         await app.server.start()

@@ -2,9 +2,10 @@
 
 The SDK's own retries are off (`max_retries=0`): a retry is a new upstream call, so it
 must be paid from the budget and backed off by the scheduler like any other. Tokens were
-reserved at dispatch from an estimate (prompt + maximum output); the grant is settled with
-the response's `usage`, and the provider's `x-ratelimit-*` headers and 429s are reported to
-the ratelimiter, which corrects the shared budget from them.
+reserved at dispatch as the provider counts the request when it arrives (prompt + `n` x the
+output cap); the grant is settled with the response's `usage`, which the ratelimiter applies
+only to a budget whose provider counts usage. The provider's `x-ratelimit-*` headers and 429s
+are reported to the ratelimiter, which corrects the shared budget from them.
 """
 
 from __future__ import annotations

@@ -101,13 +101,13 @@ WITH wanted AS (
 ), unqueued AS (
     DELETE FROM retries WHERE item_id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0))
 ), items_taken AS (
-    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id, j.provider, j.model, j.operation
+    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id, i.est_tokens, j.provider, j.model, j.operation
     FROM items i JOIN jobs j ON j.id = i.job_id
     WHERE i.id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0)) AND i.status = 'PENDING'
     UNION ALL
-    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id, t.provider, t.model, t.operation
+    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id, i.est_tokens, t.provider, t.model, t.operation
     FROM taken t CROSS JOIN LATERAL (
-        SELECT id, job_id, tenant_id, attempts, input, upstream_id FROM items
+        SELECT id, job_id, tenant_id, attempts, input, upstream_id, est_tokens FROM items
         WHERE job_id = t.job_id AND seq > t.dispatched AND seq <= t.last_seq AND status = 'PENDING'
         ORDER BY seq LIMIT t.take
     ) i
@@ -122,11 +122,12 @@ WITH wanted AS (
 )
 SELECT r.tenant_id AS room_tenant, r.n AS room, r.deferred, NULL::uuid AS id, NULL::uuid AS job_id,
        NULL::text AS tenant_id, NULL::bigint AS lease, NULL::int AS attempts, NULL::text AS input,
-       NULL::text AS upstream_id, NULL::timestamptz AS leased_until, NULL::text AS provider, NULL::text AS model,
-       NULL::text AS operation
+       NULL::text AS upstream_id, NULL::int AS est_tokens, NULL::timestamptz AS leased_until, NULL::text AS provider,
+       NULL::text AS model, NULL::text AS operation
 FROM room r
 UNION ALL
-SELECT NULL, NULL, NULL, c.id, c.job_id, c.tenant_id, c.lease, c.attempt, c.input, c.upstream_id, c.leased_until,
+SELECT NULL, NULL, NULL, c.id, c.job_id, c.tenant_id, c.lease, c.attempt, c.input, c.upstream_id, c.est_tokens,
+       c.leased_until,
        c.provider, c.model, c.operation
 FROM chosen c;
 
@@ -136,10 +137,11 @@ FROM chosen c;
 SELECT t.tenant_id FROM unnest($2::text[]) AS t(tenant_id)
 WHERE EXISTS (SELECT 1 FROM job_cursors c WHERE c.lane = $1 AND c.tenant_id = t.tenant_id);
 
--- name: lane_token_estimate
--- Mean token estimate of a lane's next items (a sample of the open stripes' next items).
-SELECT avg(i.est_tokens)::float8 FROM (
-    SELECT job_id, dispatched FROM job_cursors WHERE lane = $1 LIMIT 50
+-- name: lane_token_bound
+-- The largest token count among a lane's next items (the open stripes' next items, sampled):
+-- what a dispatch round reserves per grant before it knows which items it claims.
+SELECT max(i.est_tokens) FROM (
+    SELECT job_id, dispatched FROM job_cursors WHERE lane = $1 LIMIT 200
 ) c CROSS JOIN LATERAL (
-    SELECT est_tokens FROM items WHERE job_id = c.job_id AND seq > c.dispatched ORDER BY seq LIMIT 20
+    SELECT est_tokens FROM items WHERE job_id = c.job_id AND seq > c.dispatched ORDER BY seq LIMIT 32
 ) i;
