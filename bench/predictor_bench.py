@@ -85,9 +85,7 @@ def _cpu_seconds(process: ServiceProcess) -> float:
 def _stack(workdir: Path, database_url: str, redis_url: str, limits: Path | None = None, **kw: Any) -> E2EStack:
     stack = E2EStack(workdir, database_url, redis_url, **kw)
     if limits is not None:
-        # The emulator enforces the limits; every Fairway service plans against the same file.
-        stack.set_env("emulator", FAIRWAY_EMULATOR_LIMITS=str(limits))
-        stack.set_env("ratelimiter", FAIRWAY_LIMITS=str(limits))
+        stack.set_limits(limits)
     return stack
 
 

@@ -23,7 +23,8 @@ class RateLimiterConfig(BaseSettings):
     # The sustained rate is the limit minus this burst, so no rolling minute exceeds the limit;
     # the fraction is therefore also what a saturated minute leaves unused.
     burst_fraction: float = Field(default=0.005, gt=0, lt=1)
-    # Seconds for the upstream-feedback rate factor to climb back from 0 to 1.
+    # Seconds (of the provider's time, like its minute: divided by time_scale) for the
+    # upstream-feedback rate factor to climb back from 0 to 1.
     recovery_s: float = Field(default=60.0, gt=0)
     # Floor of the rate factor: feedback never stops a budget entirely (cooldowns do that).
     min_rate_factor: float = Field(default=0.05, gt=0, le=1)

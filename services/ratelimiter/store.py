@@ -94,7 +94,9 @@ class BudgetStore:
         self._close = self._redis.register_script((_SCRIPTS / "close.lua").read_text())
         self._feedback = self._redis.register_script((_SCRIPTS / "feedback.lua").read_text())
         self._window = self._redis.register_script((_SCRIPTS / "window.lua").read_text())
-        self._recovery_per_us = 1.0 / (params.recovery_s * 1e6)
+        # Like the window, recovery is in the provider's time: a time-scaled provider's minute
+        # passes in 60 / time scale real seconds, and so does a recovery of 60 s.
+        self._recovery_per_us = params.time_scale / (params.recovery_s * 1e6)
         self._acquire_parts: dict[str, tuple[Lane, bytes, bytes]] = {}
 
     @property

@@ -61,6 +61,12 @@ class E2EStack:
         """Change a service's environment before it starts, e.g. with a URL known once ports are chosen."""
         self._envs[service].update(env)
 
+    def set_limits(self, path: Path) -> None:
+        """One limits file for the emulator to enforce and every Fairway service to plan with."""
+        self.set_env("emulator", FAIRWAY_EMULATOR_LIMITS=str(path))
+        for service in ("ratelimiter", "scheduler"):
+            self.set_env(service, FAIRWAY_LIMITS=str(path))
+
     def start(self) -> E2EStack:
         self._start("emulator").wait_http(f"{self.emulator_url}/_emulator/health")
         self._start("ratelimiter").wait_grpc_serving(f"127.0.0.1:{self.ports['ratelimiter']}")
