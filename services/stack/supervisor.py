@@ -132,7 +132,10 @@ class Stack:
         env = self._env()
         emulated = emulated_providers(cfg)
         if emulated:
-            self._spawn("emulator", cfg.emulator_port, env, cfg.emulator_host)
+            # The emulated provider keeps its predictions across restarts of the stack, as the
+            # real one outlives its clients: an item in flight at Ctrl-C resumes its prediction.
+            state = {"FAIRWAY_EMULATOR_STATE": env.get("FAIRWAY_EMULATOR_STATE") or str(cfg.home / "emulator.json")}
+            self._spawn("emulator", cfg.emulator_port, {**env, **state}, cfg.emulator_host)
             env.update(emulated)
         self._spawn("ratelimiter", cfg.ratelimiter_port, env)
         self._spawn("scheduler", cfg.scheduler_port, env)
