@@ -51,7 +51,14 @@ class EmulatorSettings(BaseSettings):
     slow_rate: float = Field(default=0.0, ge=0, le=1)
     slow_seconds: float = Field(default=30.0, ge=0)  # extra delay of a slow response
     prediction_failure_rate: float = Field(default=0.0, ge=0, le=1)
-    foreign_traffic: float = Field(default=0.0, ge=0, lt=1)  # share of each budget used elsewhere
+    # Share of each budget another service on the key uses, from the start (changed at runtime
+    # per key and budget by POST /_emulator/foreign).
+    foreign_traffic: float = Field(default=0.0, ge=0, lt=1)
+
+    # State file: predictions and counts outlive a restart (None: in memory only). Written off the
+    # request path every `state_save_seconds` (real seconds) when something changed, and on shutdown.
+    state: str | None = None
+    state_save_seconds: float = Field(default=2.0, gt=0)
 
     # Webhooks.
     webhook_secret: str = Field(default_factory=_new_webhook_secret)

@@ -13,11 +13,14 @@ Times are provider seconds; the caller scales them (see `config.time_scale`).
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 Clock = Callable[[], float]
+# Foreign requests admitted: (first instant, interval between them, how many), provider seconds.
+ForeignReport = Callable[[float, float, int], None]
 
 
 _MIN_WAIT = 1e-6
@@ -49,6 +52,13 @@ class SlidingWindow:
     def add(self, now: float, weight: int = 1) -> None:
         self._entries.append((now, weight))
         self._used += weight
+
+    def merge(self, entries: Iterable[tuple[float, int]]) -> None:
+        """Add time-ordered entries stamped in the past, keeping the window in time order."""
+        added = list(entries)
+        if added:
+            self._entries = deque(heapq.merge(self._entries, added))
+            self._used += sum(weight for _, weight in added)
 
     def remaining(self, now: float) -> int:
         self._expire(now)
@@ -90,17 +100,20 @@ class Decision:
 class Budget:
     """One key's budget: request windows (weight 1) and optionally token windows.
 
-    `foreign` is the fraction of the request capacity another service sharing the key uses:
-    it is taken, evenly spread in time, before this key's own requests are considered, and
-    each foreign request costs the average tokens per request at the limits.
+    Another service sharing the key can take a share of it (`set_foreign`): it sends at that
+    share of the steady request rate, each request costing the average tokens per request at
+    the limits, and its requests are taken, evenly spread in time, before this key's own are
+    considered. `foreign` given here starts it at the budget's first use.
     """
 
     __slots__ = (
         "_foreign_done",
+        "_foreign_initial",
         "_foreign_pending",
         "_foreign_rate",
         "_foreign_start",
         "_foreign_tokens",
+        "on_foreign",
         "requests",
         "tokens",
     )
@@ -114,14 +127,18 @@ class Budget:
         self.requests = tuple(requests)
         self.tokens = tuple(tokens)
         primary = self.requests[0]
-        self._foreign_rate = foreign * primary.capacity / primary.window
         self._foreign_tokens = max(1, self.tokens[0].capacity // primary.capacity) if self.tokens else 0
-        self._foreign_start: float | None = None
+        self._foreign_initial = foreign
+        self._foreign_rate = 0.0
+        self._foreign_start = 0.0
         self._foreign_done = 0
         self._foreign_pending = 0
+        self.on_foreign: ForeignReport | None = None
 
     def acquire(self, now: float, tokens: int = 0) -> Decision:
         """Admit one request costing `tokens`, or say why not and for how long."""
+        if self._foreign_initial:
+            self.set_foreign(self._foreign_initial, now)
         if self._foreign_rate > 0:
             self._take_foreign(now)
         for window in self.requests:
@@ -144,23 +161,82 @@ class Budget:
             waits += [w.wait_for(now, tokens) for w in self.tokens]
         return max(waits)
 
+    def set_foreign(self, share: float, now: float) -> int:
+        """From `now` on, the other service sends at `share` of the steady request rate (0 stops it).
+
+        A rise is taken to have been going on for a whole window already: the windows are filled
+        with that window's worth of its requests, spread evenly over it, as far as they have room
+        (the newest first). Returns how many were put in; a stopped service's requests age out.
+        """
+        if not 0 <= share < 1:
+            raise ValueError("a foreign share is at least 0 and less than 1")
+        self._foreign_initial = 0.0
+        if self._foreign_rate > 0:
+            self._take_foreign(now)  # what it sent at the old rate, up to now
+        primary = self.requests[0]
+        rate = share * primary.capacity / primary.window
+        prefilled = self._prefill(now, rate - self._foreign_rate) if rate > self._foreign_rate else 0
+        self._foreign_rate = rate
+        self._foreign_start = now
+        self._foreign_done = 0
+        if rate == 0:
+            self._foreign_pending = 0
+        return prefilled
+
+    def catch_up(self, now: float) -> None:
+        """Take what the other service has sent up to `now` (done anyway by the next `acquire`)."""
+        if self._foreign_initial:
+            self.set_foreign(self._foreign_initial, now)
+        if self._foreign_rate > 0:
+            self._take_foreign(now)
+
+    def _prefill(self, now: float, rate: float) -> int:
+        windows = (*self.requests, *self.tokens)
+        horizon = max(w.window for w in windows)
+        weights = [1] * len(self.requests) + [self._foreign_tokens] * len(self.tokens)
+        free = [w.remaining(now) for w in windows]
+        taken: list[float] = []
+        for k in range(math.floor(horizon * rate + 1e-9), 0, -1):  # newest first
+            at = now - horizon + k / rate
+            inside = [i for i, w in enumerate(windows) if at > now - w.window]
+            if all(free[i] >= weights[i] for i in inside):
+                for i in inside:
+                    free[i] -= weights[i]
+                taken.append(at)
+        taken.reverse()
+        for window, weight in zip(windows, weights, strict=True):
+            window.merge((at, weight) for at in taken if at > now - window.window)
+        return len(taken)
+
     def _take_foreign(self, now: float) -> None:
         # The other service sends at a steady rate; a request of it that does not fit is
         # retried at the next chance, ahead of this key's own (it was there first).
-        if self._foreign_start is None:
-            self._foreign_start = now
-        interval = 1.0 / self._foreign_rate
-        due = math.floor((now - self._foreign_start) * self._foreign_rate)
-        # After a long quiet spell only the last window's worth matters.
+        rate = self._foreign_rate
+        interval = 1.0 / rate
+        start = self._foreign_start
+        due = math.floor((now - start) * rate)
+        # After a long quiet spell only the last window's worth matters to the windows; the
+        # older ones fitted (nothing of this key's competed) and are only reported.
         horizon = max(w.window for w in (*self.requests, *self.tokens))
-        self._foreign_done = max(self._foreign_done, due - math.ceil(horizon * self._foreign_rate))
+        skip_to = due - math.ceil(horizon * rate)
+        if self._foreign_done < skip_to:
+            self._report(start + (self._foreign_done + 1) * interval, interval, skip_to - self._foreign_done)
+            self._foreign_done = skip_to
         while self._foreign_done < due:
             self._foreign_done += 1
-            if not self._take_one(self._foreign_start + self._foreign_done * interval):
+            at = start + self._foreign_done * interval
+            if self._take_one(at):
+                self._report(at, 0.0, 1)
+            else:
                 self._foreign_pending += 1
         while self._foreign_pending and self._take_one(now):
             self._foreign_pending -= 1
+            self._report(now, 0.0, 1)
         self._foreign_pending = min(self._foreign_pending, self.requests[0].capacity)
+
+    def _report(self, first: float, interval: float, count: int) -> None:
+        if self.on_foreign is not None:
+            self.on_foreign(first, interval, count)
 
     def _take_one(self, at: float) -> bool:
         cost = self._foreign_tokens

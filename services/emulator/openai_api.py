@@ -1,12 +1,14 @@
 """The OpenAI API subset: chat completions, responses and image generations.
 
-    api = OpenAIApi(settings, limits, clock)
+    api = OpenAIApi(settings, limits, clock, foreign)
     route = api.route("POST", "/v1/chat/completions")
 
-The answer is worked out before admission, so a request is charged exactly its prompt
-tokens (estimated, see `tokens`) plus the completion tokens it will be sent, against the
-key's requests and tokens per minute for the model. It is then sent after a latency that
-grows with the completion.
+The answer is worked out before admission. A request is charged, when it arrives, against
+the key's requests and tokens per minute for the model, as OpenAI counts it: its estimated
+prompt tokens (see `tokens`) plus `n` x its output cap, or the model's `max_output_tokens`
+when it sets none, whatever the answer's real length; nothing is given back later. A model
+whose limits say `tokens_counted: usage` is charged the prompt plus the real completion
+instead. The answer is sent after a latency that grows with the completion.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from services.common.limits import Limits
+from services.common.limits import Limits, ModelLimit
 from services.emulator.calls import Call, Headers, canonical, dumps, go_duration, header
 from services.emulator.config import EmulatorSettings
 from services.emulator.errors import ApiError, OpenAIError
+from services.emulator.foreign import OPENAI_PREFIX, ForeignTraffic
 from services.emulator.latency import Latency
 from services.emulator.limiter import Budget, Clock, Limiter, openai_budget
 from services.emulator.tokens import chat_prompt_tokens, estimate_tokens, generate_text, response_input_tokens
 
 Reply = tuple[int, bytes]
 Handler = Callable[..., Awaitable[Reply]]
+_MAX_CHOICES = 128  # OpenAI's ceiling on `n`
 _RATE_LIMITS_URL = "Visit https://platform.openai.com/account/rate-limits to learn more."
 
 
@@ -36,34 +40,58 @@ def _bad_request(message: str) -> ApiError:
 
 
 class Planned:
-    """What a request will be answered with, decided before it is admitted."""
+    """What a request will be answered with, and what it is charged, decided before it is admitted."""
 
-    __slots__ = ("digest", "model", "prompt_tokens", "text", "total_tokens", "truncated")
+    __slots__ = ("charged", "choices", "completion_tokens", "digest", "model", "prompt_tokens")
 
-    def __init__(self, model: str, prompt_tokens: int, text: str, truncated: bool, digest: bytes) -> None:
+    def __init__(
+        self, model: str, prompt_tokens: int, choices: list[tuple[str, bool]], charged: int, digest: bytes
+    ) -> None:
         self.model = model
         self.prompt_tokens = prompt_tokens
-        self.text = text
-        self.truncated = truncated
+        self.choices = choices  # (text, truncated) per answer; one word is one token
+        self.completion_tokens = sum(len(text.split()) for text, _ in choices)
+        self.charged = charged  # against TPM, at admission
         self.digest = digest
-        self.total_tokens = prompt_tokens + (len(text.split()) if text else 0)
 
     @property
-    def completion_tokens(self) -> int:
-        return self.total_tokens - self.prompt_tokens
+    def total_tokens(self) -> int:
+        """What the request really used: reported in `usage`, for billing."""
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def longest(self) -> int:
+        """Tokens of the longest answer: the answers are generated side by side."""
+        return max((len(text.split()) for text, _ in self.choices), default=0)
+
+
+def _answers(
+    limit: ModelLimit, prompt_tokens: int, cap: int | None, n: int, digest: bytes
+) -> tuple[list[tuple[str, bool]], int]:
+    """`n` answers of at most `cap` tokens (the model's ceiling when None), and the tokens charged."""
+    ceiling = cap or limit.max_output_tokens
+    choices = [generate_text(digest if i == 0 else digest + i.to_bytes(2, "big"), ceiling) for i in range(n)]
+    if limit.tokens_counted == "usage":
+        return choices, prompt_tokens + sum(len(text.split()) for text, _ in choices)
+    return choices, prompt_tokens + n * ceiling
 
 
 class OpenAIApi:
-    def __init__(self, settings: EmulatorSettings, limits: Limits, clock: Clock) -> None:
+    def __init__(self, settings: EmulatorSettings, limits: Limits, clock: Clock, foreign: ForeignTraffic) -> None:
         self._s = settings
         self._limits = limits
         self._latency = Latency(settings)
+        self._foreign = foreign
         self._limiter = Limiter(self._budget_for, clock)
 
     def _budget_for(self, name: str) -> Budget:
-        model = name.partition("\n")[2]
+        key, _, model = name.partition("\n")
         limit = self._limits.openai.for_model(model)
-        return openai_budget(limit.rpm, limit.tpm, self._s.foreign_traffic)
+        return self._foreign.attach(key, OPENAI_PREFIX + model, openai_budget(limit.rpm, limit.tpm))
+
+    def budget(self, key: str, name: str) -> Budget:
+        """The key's budget `openai:<model>`."""
+        return self._limiter.budget(f"{key}\n{name.removeprefix(OPENAI_PREFIX)}")
 
     def route(self, method: str, path: str) -> tuple[str, Handler, tuple[str, ...]] | None:
         if method != "POST":
@@ -102,7 +130,7 @@ class OpenAIApi:
         budget = self._limiter.budget(f"{key}\n{plan.model}")
         limit = self._limits.openai.for_model(plan.model)
         now = self._limiter.now()
-        decision = budget.acquire(now, plan.total_tokens)
+        decision = budget.acquire(now, plan.charged)
         remaining_requests, remaining_tokens = budget.remaining(now)
         reset_requests, reset_tokens = budget.reset_after(now)
         real = self._s.real
@@ -120,7 +148,7 @@ class OpenAIApi:
             raise OpenAIError(
                 429,
                 f"Request too large for {plan.model} in organization org-emulator on tokens per min (TPM): "
-                f"Limit {limit.tpm}, Requested {plan.total_tokens}. The input or output tokens must be "
+                f"Limit {limit.tpm}, Requested {plan.charged}. The input or output tokens must be "
                 f"reduced in order to run successfully. {_RATE_LIMITS_URL}",
                 type="tokens",
                 code="rate_limit_exceeded",
@@ -130,7 +158,7 @@ class OpenAIApi:
         if decision.blocking == "tokens":
             what = (
                 f"tokens per min (TPM): Limit {limit.tpm}, Used {limit.tpm - remaining_tokens}, "
-                f"Requested {plan.total_tokens}"
+                f"Requested {plan.charged}"
             )
         else:
             used = limit.rpm - remaining_requests
@@ -163,6 +191,7 @@ class OpenAIApi:
             raise OpenAIError(400, "Streaming is not supported by this server.", param="stream")
         seed = f"{self._s.seed}\n{model}\n".encode() + call.body
         digest = hashlib.sha256(seed).digest()
+        limit = self._limits.openai.for_model(model)
         if endpoint == "openai.chat.completions":
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -173,8 +202,14 @@ class OpenAIApi:
                     code="missing_required_parameter",
                 )
             cap = _positive(body, "max_completion_tokens") or _positive(body, "max_tokens")
-            text, truncated = generate_text(digest, cap)
-            return Planned(model, chat_prompt_tokens(messages), text, truncated, digest)
+            n = body.get("n", 1)
+            if n is None:
+                n = 1
+            if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= _MAX_CHOICES):
+                raise OpenAIError(400, f"Invalid 'n': must be an integer from 1 to {_MAX_CHOICES}.", param="n")
+            prompt_tokens = chat_prompt_tokens(messages)
+            choices, charged = _answers(limit, prompt_tokens, cap, n, digest)
+            return Planned(model, prompt_tokens, choices, charged, digest)
         if endpoint == "openai.responses":
             if "input" not in body:
                 raise OpenAIError(
@@ -186,8 +221,8 @@ class OpenAIApi:
             tokens = response_input_tokens(body["input"])
             if isinstance(body.get("instructions"), str):
                 tokens += estimate_tokens(body["instructions"])
-            text, truncated = generate_text(digest, _positive(body, "max_output_tokens"))
-            return Planned(model, tokens, text, truncated, digest)
+            choices, charged = _answers(limit, tokens, _positive(body, "max_output_tokens"), 1, digest)
+            return Planned(model, tokens, choices, charged, digest)
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise OpenAIError(
@@ -196,13 +231,15 @@ class OpenAIApi:
                 param="prompt",
                 code="missing_required_parameter",
             )
-        return Planned(model, estimate_tokens(prompt), "", False, digest)
+        # Images are charged their prompt's estimate alone: they have no output tokens.
+        prompt_tokens = estimate_tokens(prompt)
+        return Planned(model, prompt_tokens, [], prompt_tokens, digest)
 
     # -- endpoints -----------------------------------------------------------------------------
 
     async def chat(self, call: Call) -> Reply:
         plan: Planned = call.state
-        await asyncio.sleep(self._s.real(self._latency.completion(plan.completion_tokens, plan.digest)))
+        await asyncio.sleep(self._s.real(self._latency.completion(plan.longest, plan.digest)))
         body = {
             "id": "chatcmpl-" + plan.digest[:15].hex(),
             "object": "chat.completion",
@@ -210,16 +247,17 @@ class OpenAIApi:
             "model": plan.model,
             "choices": [
                 {
-                    "index": 0,
+                    "index": i,
                     "message": {
                         "role": "assistant",
-                        "content": plan.text,
+                        "content": text,
                         "refusal": None,
                         "annotations": [],
                     },
                     "logprobs": None,
-                    "finish_reason": "length" if plan.truncated else "stop",
+                    "finish_reason": "length" if truncated else "stop",
                 }
+                for i, (text, truncated) in enumerate(plan.choices)
             ],
             "usage": {
                 "prompt_tokens": plan.prompt_tokens,
@@ -240,9 +278,10 @@ class OpenAIApi:
 
     async def responses(self, call: Call) -> Reply:
         plan: Planned = call.state
-        await asyncio.sleep(self._s.real(self._latency.completion(plan.completion_tokens, plan.digest)))
+        await asyncio.sleep(self._s.real(self._latency.completion(plan.longest, plan.digest)))
         request = call.json(_bad_request)
-        status = "incomplete" if plan.truncated else "completed"
+        text, truncated = plan.choices[0]
+        status = "incomplete" if truncated else "completed"
         body = {
             "id": "resp_" + plan.digest[:24].hex(),
             "object": "response",
@@ -255,7 +294,7 @@ class OpenAIApi:
                     "id": "msg_" + plan.digest[8:32].hex(),
                     "status": status,
                     "role": "assistant",
-                    "content": [{"type": "output_text", "text": plan.text, "annotations": []}],
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
                 }
             ],
             "usage": {
@@ -266,7 +305,7 @@ class OpenAIApi:
                 "total_tokens": plan.total_tokens,
             },
             "error": None,
-            "incomplete_details": {"reason": "max_output_tokens"} if plan.truncated else None,
+            "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
             "instructions": request.get("instructions"),
             "max_output_tokens": request.get("max_output_tokens"),
             "metadata": request.get("metadata") or {},

@@ -1,12 +1,14 @@
 """The Replicate API subset: predictions (create, get, cancel, list) and the webhook secret.
 
-    api = ReplicateApi(settings, limits, webhooks, clock)
+    api = ReplicateApi(settings, limits, webhooks, clock, foreign)
     route = api.route("POST", "/v1/predictions")      # None when the path is not Replicate's
 
 A prediction runs in provider time: `starting` for `prediction_start_seconds`, `processing`
 for a log-normal duration around the model's median, then `succeeded` with an output derived
 from the model and input (or `failed` at `prediction_failure_rate`, decided by a digest of
-seed, model, input and how often that input was seen before).
+seed, model, input and how often that input was seen before). Its steps are due at wall-clock
+times, so predictions restored from the state file (`records`, `restore`, `resume`) carry on
+as if the emulator had not stopped, as Replicate's outlive the client that made them.
 """
 
 from __future__ import annotations
@@ -15,123 +17,54 @@ import asyncio
 import contextlib
 import hashlib
 import math
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from services.common.limits import Limits
 from services.emulator.calls import Call, Headers, canonical, dumps, header
 from services.emulator.config import EmulatorSettings
 from services.emulator.errors import ApiError, ReplicateError, ReplicateThrottled
+from services.emulator.foreign import REPLICATE_CREATE, REPLICATE_READ, ForeignTraffic
 from services.emulator.latency import Latency, unit
-from services.emulator.limiter import Clock, Limiter, replicate_budget
+from services.emulator.limiter import Budget, Clock, Limiter, replicate_budget
+from services.emulator.predictions import EVENTS, TERMINAL, Prediction, iso, new_prediction_id, output_for
 from services.emulator.webhooks import WebhookSender
 
-EVENTS = ("start", "output", "logs", "completed")
-TERMINAL = frozenset(("succeeded", "failed", "canceled"))
 PAGE_SIZE = 100
 Reply = tuple[int, bytes]
 Handler = Callable[..., Awaitable[Reply]]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+Step = Callable[[Prediction, float | None], None]
 
 
 def _bad_request(detail: str) -> ApiError:
     return ReplicateError(400, detail)
 
 
-class Prediction:
-    __slots__ = (
-        "_cache",
-        "base_url",
-        "completed_at",
-        "created_at",
-        "digest",
-        "digest_of_input",
-        "error",
-        "events",
-        "id",
-        "input",
-        "key",
-        "logs",
-        "metrics",
-        "model",
-        "output",
-        "started_at",
-        "status",
-        "timer",
-        "version",
-        "waiters",
-        "webhook",
-        "webhook_chain",
-    )
-
-    def __init__(self, pid: str, key: str, model: str, version: str, input: dict[str, Any], base_url: str):
-        self.id, self.key, self.model, self.version, self.input = pid, key, model, version, input
-        self.base_url = base_url
-        self.status = "starting"
-        self.output: Any = None
-        self.error: str | None = None
-        self.logs = ""
-        self.metrics: dict[str, float] = {}
-        self.created_at = _now()
-        self.started_at: str | None = None
-        self.completed_at: str | None = None
-        self.digest = b""  # of seed, model, input and occurrence: drives latency and failure
-        self.digest_of_input = b""  # of model and input alone: names the output
-        self.timer: asyncio.TimerHandle | None = None
-        self.waiters: list[asyncio.Future[None]] = []
-        self.webhook: str | None = None
-        self.events: frozenset[str] = frozenset()
-        self.webhook_chain: asyncio.Task[None] | None = None
-        self._cache: bytes | None = None
-
-    def changed(self) -> None:
-        self._cache = None
-
-    def body(self) -> bytes:
-        """The prediction object, serialized once per state."""
-        if self._cache is None:
-            self._cache = dumps(self.to_dict())
-        return self._cache
-
-    def to_dict(self) -> dict[str, Any]:
-        get = f"{self.base_url}/v1/predictions/{self.id}"
-        return {
-            "id": self.id,
-            "model": self.model,
-            "version": self.version,
-            "input": self.input,
-            "logs": self.logs,
-            "output": self.output,
-            "data_removed": False,
-            "error": self.error,
-            "status": self.status,
-            "source": "api",
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "completed_at": self.completed_at,
-            "metrics": self.metrics,
-            "urls": {"get": get, "cancel": get + "/cancel", "web": f"https://replicate.com/p/{self.id}"},
-        }
-
-
 class ReplicateApi:
-    def __init__(self, settings: EmulatorSettings, limits: Limits, webhooks: WebhookSender, clock: Clock):
+    def __init__(
+        self,
+        settings: EmulatorSettings,
+        limits: Limits,
+        webhooks: WebhookSender,
+        clock: Clock,
+        foreign: ForeignTraffic,
+    ):
         self._s = settings
         self._latency = Latency(settings)
         self._webhooks = webhooks
         create, read, burst = limits.replicate.create_rpm, limits.replicate.read_rpm, settings.replicate_burst
-        foreign = settings.foreign_traffic
-        self._limiter = Limiter(
-            lambda name: replicate_budget(create if name[0] == "c" else read, burst, foreign), clock
-        )
+
+        def make(name: str) -> Budget:  # "c:<key>" or "r:<key>"
+            created = name[0] == "c"
+            budget = replicate_budget(create if created else read, burst)
+            return foreign.attach(name[2:], REPLICATE_CREATE if created else REPLICATE_READ, budget)
+
+        self._limiter = Limiter(make, clock)
         self._predictions: dict[str, Prediction] = {}
         self._by_key: dict[str, list[Prediction]] = {}
         self._seen: dict[bytes, int] = {}
-        self._serial = 0
+        self.revision = 0  # moves whenever a prediction changes: the state file is written then
 
     # -- routing and admission -------------------------------------------------------------
 
@@ -162,9 +95,13 @@ class ReplicateApi:
             raise ReplicateError(401, "You did not pass a valid authentication token")
         return key
 
+    def budget(self, key: str, name: str) -> Budget:
+        """The key's `replicate.create` or `replicate.read` budget."""
+        return self._limiter.budget(("c:" if name == REPLICATE_CREATE else "r:") + key)
+
     def admit(self, call: Call, key: str, endpoint: str) -> Headers:
         """Charge the key's create or read budget; the rate-limit headers, or a 429."""
-        budget = self._limiter.budget(("c:" if endpoint == "replicate.create" else "r:") + key)
+        budget = self.budget(key, REPLICATE_CREATE if endpoint == REPLICATE_CREATE else REPLICATE_READ)
         now = self._limiter.now()
         decision = budget.acquire(now)
         remaining, _ = budget.remaining(now)
@@ -275,9 +212,8 @@ class ReplicateApi:
         webhook: str | None,
         events: frozenset[str],
     ) -> Prediction:
-        self._serial += 1
-        pid = _prediction_id(self._s.seed, self._serial)
-        prediction = Prediction(pid, call.key, model, version, payload, call.base_url())
+        pid = new_prediction_id()
+        prediction = Prediction(pid, call.key, model, version, payload, call.base_url(), time.time())
         seen_key = hashlib.sha256(f"{model}\n{canonical(payload)}".encode()).digest()
         occurrence = self._seen.get(seen_key, 0)
         self._seen[seen_key] = occurrence + 1
@@ -286,6 +222,7 @@ class ReplicateApi:
         prediction.digest_of_input = seen_key
         self._predictions[pid] = prediction
         self._by_key.setdefault(call.key, []).append(prediction)
+        self.revision += 1
         self._emit(prediction, "start")
         return prediction
 
@@ -295,49 +232,63 @@ class ReplicateApi:
             raise ReplicateError(404, "Not found.")
         return prediction
 
-    def _schedule(self, prediction: Prediction) -> None:
-        loop = asyncio.get_running_loop()
-        delay = self._s.real(self._latency.prediction_start())
-        prediction.timer = loop.call_later(delay, self._start, prediction)
+    def _touch(self, prediction: Prediction) -> None:
+        prediction.changed()
+        self.revision += 1
 
-    def _start(self, prediction: Prediction) -> None:
+    def _schedule(self, prediction: Prediction) -> None:
+        delay = self._s.real(self._latency.prediction_start())
+        prediction.start_due = time.time() + delay
+        # Always by the timer, even at no delay: a create answers `starting`, as Replicate's do.
+        prediction.timer = asyncio.get_running_loop().call_later(delay, self._start, prediction, prediction.start_due)
+
+    def _at(self, prediction: Prediction, due: float, step: Step) -> None:
+        """Take `step` at unix time `due`: later by a timer, or now, stamped `due`, when it is past."""
+        delay = due - time.time()
+        if delay > 0:
+            prediction.timer = asyncio.get_running_loop().call_later(delay, step, prediction, due)
+        else:
+            step(prediction, due)
+
+    def _start(self, prediction: Prediction, at: float | None = None) -> None:
         if prediction.status != "starting":
             return
+        at = time.time() if at is None else at
         prediction.status = "processing"
-        prediction.started_at = _now()
+        prediction.started_at = iso(at)
         prediction.logs = "Starting prediction\n"
-        prediction.changed()
-        self._emit(prediction, "logs")
         seconds = self._latency.prediction(prediction.model, prediction.digest)
         prediction.metrics = {"predict_time": round(seconds, 3)}
-        loop = asyncio.get_running_loop()
-        prediction.timer = loop.call_later(self._s.real(seconds), self._complete, prediction)
+        prediction.complete_due = at + self._s.real(seconds)
+        self._touch(prediction)
+        self._emit(prediction, "logs")
+        self._at(prediction, prediction.complete_due, self._complete)
 
-    def _complete(self, prediction: Prediction) -> None:
+    def _complete(self, prediction: Prediction, at: float | None = None) -> None:
         if prediction.status != "processing":
             return
         if unit(prediction.digest) < self._s.prediction_failure_rate:
             prediction.logs += "Traceback (most recent call last):\nRuntimeError: the model crashed\n"
             prediction.error = "Prediction failed: the model crashed"
-            self._finish(prediction, "failed")
+            self._finish(prediction, "failed", at)
             return
-        prediction.output = _output(prediction.digest_of_input, prediction.input)
+        prediction.output = output_for(prediction.digest_of_input, prediction.input)
         prediction.logs += "100%|##########| 28/28 [00:07<00:00, 3.71it/s]\n"
-        prediction.changed()
+        self._touch(prediction)
         self._emit(prediction, "output")
-        self._finish(prediction, "succeeded")
+        self._finish(prediction, "succeeded", at)
 
-    def _finish(self, prediction: Prediction, status: str) -> None:
+    def _finish(self, prediction: Prediction, status: str, at: float | None = None) -> None:
         if prediction.timer is not None:
             prediction.timer.cancel()
             prediction.timer = None
         prediction.status = status
-        prediction.completed_at = _now()
+        prediction.completed_at = iso(time.time() if at is None else at)
         if prediction.started_at is not None:
             prediction.metrics["total_time"] = prediction.metrics.get("predict_time", 0.0) + round(
                 self._latency.prediction_start(), 3
             )
-        prediction.changed()
+        self._touch(prediction)
         self._emit(prediction, "completed")
         for waiter in prediction.waiters:
             if not waiter.done():
@@ -347,24 +298,67 @@ class ReplicateApi:
     def _emit(self, prediction: Prediction, event: str) -> None:
         if prediction.webhook is None or event not in prediction.events:
             return
-        prediction.webhook_chain = self._webhooks.send(
-            prediction.webhook, prediction.body(), event == "completed", prediction.webhook_chain
-        )
+        completed = event == "completed"
+        task = self._webhooks.send(prediction.webhook, prediction.body(), completed, prediction.webhook_chain)
+        prediction.webhook_chain = task
+        if completed:
+            prediction.hook_pending = True
+
+            def settled(task: asyncio.Task[None]) -> None:
+                # Delivered or given up: no longer owed. Canceled (the emulator stopping): still owed.
+                if not task.cancelled():
+                    prediction.hook_pending = False
+                    self._touch(prediction)
+
+            task.add_done_callback(settled)
+
+    # -- the state file ------------------------------------------------------------------------
+
+    def records(self) -> Sequence[str]:
+        """Every prediction's state-file record, oldest first."""
+        return [prediction.record() for prediction in self._predictions.values()]
+
+    def restore(self, records: Iterable[dict[str, Any]]) -> None:
+        """Predictions from a previous run's state file; `resume` sets them going again."""
+        for data in records:
+            prediction = Prediction.from_record(data)
+            self._predictions[prediction.id] = prediction
+            self._by_key.setdefault(prediction.key, []).append(prediction)
+            self._seen[prediction.digest_of_input] = self._seen.get(prediction.digest_of_input, 0) + 1
+        self.revision += 1
+
+    def resume(self) -> None:
+        """Carry restored predictions on by wall clock: a step whose time passed while the emulator
+        was stopped is taken now, stamped when it was due; an owed `completed` webhook is sent."""
+        for prediction in list(self._predictions.values()):
+            if prediction.status == "starting":
+                self._at(prediction, prediction.start_due, self._start)
+            elif prediction.status == "processing":
+                self._at(prediction, prediction.complete_due, self._complete)
+            elif prediction.hook_pending:
+                self._emit(prediction, "completed")
 
     async def _api_latency(self) -> None:
         if self._s.api_seconds > 0:
             await asyncio.sleep(self._s.real(self._latency.api()))
 
-    def clear(self) -> None:
+    def stop(self) -> None:
+        """Stop every prediction's clock (the emulator is stopping); `resume` restarts restored ones."""
         for prediction in self._predictions.values():
             if prediction.timer is not None:
                 prediction.timer.cancel()
+                prediction.timer = None
             for waiter in prediction.waiters:
                 waiter.cancel()
+            prediction.waiters.clear()
+
+    def clear(self) -> None:
+        self.stop()
         self._predictions.clear()
         self._by_key.clear()
         self._seen.clear()
         self._limiter.clear()
+        self.revision += 1
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(("starting", "processing", *sorted(TERMINAL)), 0)
@@ -383,20 +377,3 @@ def _prefer_wait(value: str) -> int:
             except ValueError:
                 return 60
     return 0
-
-
-def _prediction_id(seed: int, serial: int) -> str:
-    digest = hashlib.sha256(f"{seed}:{serial}".encode()).digest()
-    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
-    return "".join(alphabet[b % 32] for b in digest[:26])
-
-
-def _output(digest_of_input: bytes, payload: dict[str, Any]) -> object:
-    """A URL per output, derived from the model and the input alone."""
-    stem = digest_of_input[:16].hex()
-    fmt = payload.get("output_format")
-    ext = fmt if fmt in ("png", "jpg", "jpeg", "webp") else "png"
-    count = payload.get("num_outputs")
-    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
-        return [f"https://replicate.delivery/emulated/{stem}-{i}.{ext}" for i in range(min(count, 16))]
-    return f"https://replicate.delivery/emulated/{stem}.{ext}"

@@ -65,7 +65,7 @@ class WebhookSender:
         text = body.decode()
         attempts = 1 + (self._settings.webhook_retries if completed else 0)
         delay = self._settings.webhook_backoff_seconds
-        counts = self._accounting.webhooks
+        count = self._accounting.webhook
         for attempt in range(attempts):
             now = datetime.now(UTC)
             headers = {
@@ -78,17 +78,17 @@ class WebhookSender:
             try:
                 response = await self._http().post(url, content=body, headers=headers)
                 if 200 <= response.status_code < 300:
-                    counts["delivered"] += 1
+                    count("delivered")
                     return
                 reason = f"status {response.status_code}"
             except Exception as exc:  # any failure to deliver is the receiver's failure
                 reason = type(exc).__name__
-            counts["failed_attempts"] += 1
+            count("failed_attempts")
             if attempt + 1 < attempts:
                 log.info("webhook to %s failed (%s); retrying", url, reason)
                 await asyncio.sleep(self._settings.real(delay))
                 delay *= 2
-        counts["abandoned"] += 1
+        count("abandoned")
         log.warning("webhook to %s abandoned after %d attempt(s)", url, attempts)
 
     def cancel_all(self) -> None:

@@ -2,11 +2,13 @@
 
 - `emulator`: roomy limits, predictions of ~0.2 s, for SDK round trips and webhooks;
 - `strict_emulator`: tiny limits on real time (time scale 1), so 429s come deterministically;
-- `faulty_emulator`: seeded 5xx, resets and failed predictions.
+- `faulty_emulator`: seeded 5xx, resets and failed predictions;
+- `started(tmp, limits, port=…, **settings)`: one of a test's own, e.g. to restart it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -31,8 +33,8 @@ class Emulator:
         return self.url + "/v1"
 
 
-def _start(tmp: Path, limits: Mapping[str, object], **settings: object) -> Iterator[Emulator]:
-    port = free_port()
+def _start(tmp: Path, limits: Mapping[str, object], port: int | None = None, **settings: object) -> Iterator[Emulator]:
+    port = port or free_port()
     limits_path = tmp / "limits.yaml"
     limits_path.write_text(yaml.safe_dump(limits))
     env = {
@@ -57,6 +59,9 @@ def _start(tmp: Path, limits: Mapping[str, object], **settings: object) -> Itera
         process.stop()
 
 
+started = contextlib.contextmanager(_start)
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     limits = {"replicate": {"create_rpm": 6000, "read_rpm": 30000}}
@@ -69,7 +74,12 @@ def strict_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulat
         "replicate": {"create_rpm": 60, "read_rpm": 120},
         "openai": {
             "default": {"rpm": 3, "tpm": 100_000},
-            "models": {"gpt-small-tpm": {"rpm": 100, "tpm": 200}},
+            "models": {
+                "gpt-small-tpm": {"rpm": 100, "tpm": 200},
+                "gpt-admission": {"rpm": 100, "tpm": 1000},
+                "gpt-usage": {"rpm": 100, "tpm": 1000, "tokens_counted": "usage"},
+                "gpt-short-output": {"rpm": 100, "tpm": 100_000, "max_output_tokens": 300},
+            },
         },
     }
     yield from _start(tmp_path_factory.mktemp("strict"), limits, replicate_burst=3)

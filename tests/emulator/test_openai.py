@@ -35,10 +35,77 @@ async def test_chat_completion(emulator: Emulator) -> None:
     headers = raw.headers
     assert headers["x-ratelimit-limit-requests"] == "5000" and headers["x-ratelimit-limit-tokens"] == "2000000"
     assert int(headers["x-ratelimit-remaining-requests"]) == 4999
-    assert int(headers["x-ratelimit-remaining-tokens"]) == 2_000_000 - completion.usage.total_tokens
+    # No output cap: charged as if it asked for the model's whole output ceiling (16384 by default).
+    assert int(headers["x-ratelimit-remaining-tokens"]) == 2_000_000 - completion.usage.prompt_tokens - 16_384
     assert GO_DURATION.match(headers["x-ratelimit-reset-requests"])
     assert GO_DURATION.match(headers["x-ratelimit-reset-tokens"])
     assert headers["x-request-id"].startswith("req_")
+
+
+def charged(emulator: Emulator, key: str, endpoint: str = "openai.chat.completions") -> int:
+    stats = httpx.get(f"{emulator.url}/_emulator/stats", params={"key": key}).json()
+    return int(stats["keys"][key][endpoint]["tokens"])
+
+
+async def test_a_capped_request_is_charged_its_cap_at_admission(emulator: Emulator) -> None:
+    """OpenAI counts prompt + n x the output cap when the request arrives, not the real answer."""
+    key = f"sk-{uuid.uuid4().hex}"
+    messages = [{"role": "user", "content": "Name a lighthouse."}]
+    prompt = chat_prompt_tokens(list(messages))
+    async with client(emulator, key) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=1000,
+        )
+        one = raw.parse()
+        assert one.usage is not None and one.usage.prompt_tokens == prompt
+        assert one.usage.completion_tokens < 1000  # the real answer is short, and reported as it is
+        assert int(raw.headers["x-ratelimit-remaining-tokens"]) == 2_000_000 - (prompt + 1000)
+        assert charged(emulator, key) == prompt + 1000
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=messages,  # type: ignore[arg-type]
+            max_completion_tokens=1000,
+            n=2,
+        )
+        two = raw.parse()
+    assert [choice.index for choice in two.choices] == [0, 1]
+    assert two.usage is not None
+    assert two.usage.completion_tokens == sum(len((ch.message.content or "").split()) for ch in two.choices)
+    assert int(raw.headers["x-ratelimit-remaining-tokens"]) == 2_000_000 - (prompt + 1000) - (prompt + 2 * 1000)
+    assert charged(emulator, key) == 2 * prompt + 3000
+
+
+async def test_an_uncapped_request_is_charged_the_models_output_ceiling(strict_emulator: Emulator) -> None:
+    key = f"sk-{uuid.uuid4().hex}"
+    messages = [{"role": "user", "content": "Tell me about tides."}]
+    async with client(strict_emulator, key) as c:
+        raw = await c.chat.completions.with_raw_response.create(model="gpt-short-output", messages=messages)  # type: ignore[arg-type]
+    assert int(raw.headers["x-ratelimit-remaining-tokens"]) == 100_000 - (chat_prompt_tokens(list(messages)) + 300)
+    assert charged(strict_emulator, key) == chat_prompt_tokens(list(messages)) + 300
+
+
+async def test_caps_past_the_tpm_are_refused_though_the_answers_would_fit(strict_emulator: Emulator) -> None:
+    key = f"sk-{uuid.uuid4().hex}"
+    messages = [{"role": "user", "content": "hi"}]
+    prompt = chat_prompt_tokens(list(messages))
+
+    async def ask(c: openai.AsyncOpenAI, model: str) -> int:
+        answer = await c.chat.completions.create(model=model, messages=messages, max_tokens=400)  # type: ignore[arg-type]
+        assert answer.usage is not None
+        return answer.usage.total_tokens
+
+    async with client(strict_emulator, key) as c:
+        used = [await ask(c, "gpt-admission") for _ in range(2)]
+        with pytest.raises(openai.RateLimitError) as caught:
+            await ask(c, "gpt-admission")
+        # A provider that counts real usage takes the same three, and charges what they used.
+        used_elsewhere = [await ask(c, "gpt-usage") for _ in range(3)]
+    assert 3 * max(used) <= 1000 < 3 * (prompt + 400)  # the third is the same request as the first two
+    assert caught.value.type == "tokens"
+    assert f"Limit 1000, Used {2 * (prompt + 400)}, Requested {prompt + 400}" in caught.value.message
+    assert charged(strict_emulator, key) == 2 * (prompt + 400) + sum(used_elsewhere)
 
 
 async def test_max_tokens_caps_the_completion(emulator: Emulator) -> None:
@@ -64,11 +131,15 @@ async def test_different_prompts_get_different_answers(emulator: Emulator) -> No
 
 async def test_responses(emulator: Emulator) -> None:
     async with client(emulator) as c:
-        response = await c.responses.create(model="gpt-4o-mini", input="Name a colour.", max_output_tokens=500)
+        raw = await c.responses.with_raw_response.create(
+            model="gpt-4o-mini", input="Name a colour.", max_output_tokens=500
+        )
+    response = raw.parse()
     assert response.status == "completed" and response.output_text
     assert response.usage is not None
     assert response.usage.input_tokens == estimate_tokens("Name a colour.")
     assert response.usage.output_tokens == len(response.output_text.split())
+    assert int(raw.headers["x-ratelimit-remaining-tokens"]) == 2_000_000 - (response.usage.input_tokens + 500)
 
 
 async def test_images(emulator: Emulator) -> None:

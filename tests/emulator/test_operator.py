@@ -95,3 +95,29 @@ def test_reset_forgets_predictions_and_budgets(strict_emulator: Emulator) -> Non
         raise AssertionError("the prediction should be gone")
     except ReplicateError as exc:
         assert exc.status == 404
+
+
+def test_foreign_traffic_is_switched_per_key_and_budget(emulator: Emulator) -> None:
+    key, other = f"sk-{uuid.uuid4().hex}", f"sk-{uuid.uuid4().hex}"
+    foreign = f"{emulator.url}/_emulator/foreign"
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+
+    def remaining(token: str) -> int:
+        response = httpx.post(
+            f"{emulator.openai_url}/chat/completions", json=chat, headers={"authorization": f"Bearer {token}"}
+        )
+        return int(response.headers["x-ratelimit-remaining-requests"])
+
+    answer = httpx.post(foreign, json={"key": key, "budget": "openai:gpt-4o", "share": 0.5})
+    assert answer.status_code == 200 and answer.json() == {"key": key, "budget": "openai:gpt-4o", "share": 0.5}
+    # 500 rpm: half of it was already there when it was switched on, and it keeps sending ~4 a second.
+    assert 500 - 250 - 1 - 10 <= remaining(key) <= 500 - 250 - 1
+    assert remaining(other) == 499
+    httpx.post(foreign, json={"key": key, "budget": "openai:gpt-4o", "share": 0})
+    stats = httpx.get(f"{emulator.url}/_emulator/stats", params={"key": key}).json()
+    counted = stats["keys"][key]["openai:gpt-4o"]["foreign"]
+    assert (counted["share"], counted["prefilled"]) == (0.0, 250)
+    assert counted["accepted"] == sum(n for _, n in counted["per_second"])
+    assert stats["keys"][key]["openai.chat.completions"]["accepted"] == 1
+    assert httpx.post(foreign, json={"budget": "openai:", "share": 0.5}).status_code == 400
+    assert httpx.post(foreign, json={"budget": "replicate.read", "share": 1}).status_code == 400
