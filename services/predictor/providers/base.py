@@ -16,9 +16,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
+from services.predictor.errors import never_sent, timed_out
 from services.predictor.metrics import CALL_SECONDS, CALLS, CALLS_IN_FLIGHT
 
 
@@ -87,11 +87,15 @@ class CallGate:
 
 
 def call_outcome(exc: BaseException) -> str:
+    """The `outcome` label of a failed call: canceled, unsent, timeout, 429, 4xx, 5xx or reset."""
     if isinstance(exc, asyncio.CancelledError):
         return "canceled"
-    if isinstance(exc, httpx.TimeoutException) or "Timeout" in type(exc).__name__:
+    if never_sent(exc):
+        return "unsent"
+    if timed_out(exc) or "Timeout" in type(exc).__name__:
         return "timeout"
-    status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    status = (getattr(exc, "status_code", None) or getattr(exc, "status", None)
+              or getattr(getattr(exc, "response", None), "status_code", None))
     if isinstance(status, int):
         return "429" if status == 429 else f"{status // 100}xx"
     return "reset"
