@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-# One HTTP call to a provider. outcome: ok, 429, 4xx, 5xx, timeout, reset.
+# One HTTP call to a provider. outcome: ok, 429, 4xx, 5xx, timeout, reset, unsent (never left), canceled.
 CALLS = Counter(
     "fairway_predictor_calls_total", "Upstream HTTP calls by provider, endpoint and outcome",
     ["provider", "endpoint", "outcome"],
@@ -24,4 +24,10 @@ IN_FLIGHT = Gauge("fairway_predictor_in_flight", "Items holding a slot (calling 
 PARKED = Gauge("fairway_predictor_parked", "Items accepted upstream and waiting for their result, slot returned")
 READS_PER_ITEM = Histogram(
     "fairway_predictor_reads_per_item", "Status reads a Replicate prediction needed", buckets=(0, 1, 2, 3, 5, 8, 13),
+)
+# A Replicate prediction created again because the provider answered 404 for the recorded one
+# (it forgot it, e.g. across its restart). when: resume (first read of a resumed item), read.
+RECREATED = Counter(
+    "fairway_predictor_predictions_recreated_total",
+    "Replicate predictions created again after the provider no longer knew the recorded one", ["when"],
 )

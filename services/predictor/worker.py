@@ -12,7 +12,10 @@ once, and if it was canceled its upstream call is canceled too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +38,7 @@ from services.ratelimiter.errors import RateLimiterError
 
 log = get_logger(__name__)
 HEARTBEAT_FRACTION = 1 / 3
+_PROVIDERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "providers") + os.sep
 
 
 @dataclass(eq=False)
@@ -64,6 +68,8 @@ class Worker:
         self._signals: asyncio.Queue[pb.WorkerSignal | None] = asyncio.Queue()
         self._draining = False
         self._lease_seconds = 30.0
+        self._next_beat = math.inf  # monotonic time of the next heartbeat
+        self._beat_sooner = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self.status = StatusLog(config, budgets)
 
@@ -141,6 +147,13 @@ class Worker:
 
     def _start(self, assignment: pb.Assignment) -> None:
         self._lease_seconds = max(1.0, assignment.lease_expires_at - time.time())
+        due = time.monotonic() + self._lease_seconds * HEARTBEAT_FRACTION
+        if due < self._next_beat:
+            # The beat was planned for a longer lease (the first assignment's is learned only
+            # now): an item that waits longer than its lease, say for a throttled create's
+            # retry-after, would lose it before the beat. Beat in time for this one.
+            self._next_beat = due
+            self._beat_sooner.set()
         held = Held(assignment)
         self._held[assignment.item_id] = held
         self._slots_used += 1
@@ -181,10 +194,12 @@ class Worker:
             raise
         except grpc.aio.AioRpcError as exc:
             log.warning("item %s: the scheduler did not take its outcome (%s)", assignment.item_id, exc.code().name)
-        except Exception as exc:  # a bug or an SDK surprise: fail the item with a readable message
-            log.exception("item %s failed unexpectedly", assignment.item_id)
-            await self._reporter.fail(pb.Failure(lease=_lease(assignment), error=f"predictor error: {exc!r}",
-                                                 retryable=True))
+        except Exception as exc:
+            # A bug or an SDK surprise, not a verdict on the item: it goes back to the scheduler
+            # (backoff, a new attempt) with a message that says what broke where.
+            error = f"unexpected {type(exc).__name__} in {adapter_step(exc)}: {exc}; retried"
+            log.exception("item %s: %s", assignment.item_id, error)
+            await self._reporter.fail(pb.Failure(lease=_lease(assignment), error=error, retryable=True))
         finally:
             ITEMS.labels(assignment.provider, outcome).inc()
             ITEM_SECONDS.labels(assignment.provider).observe(time.perf_counter() - started)
@@ -253,7 +268,11 @@ class Worker:
 
     async def _heartbeat_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._lease_seconds * HEARTBEAT_FRACTION)
+            self._next_beat = time.monotonic() + self._lease_seconds * HEARTBEAT_FRACTION
+            while (wait_s := self._next_beat - time.monotonic()) > 0:
+                self._beat_sooner.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._beat_sooner.wait(), wait_s)
             if not self._held:
                 continue
             leases = [_lease(h.assignment) for h in self._held.values()]
@@ -287,6 +306,23 @@ class Worker:
             task.add_done_callback(self._background.discard)
         log.info("item %s is no longer ours (%s)", held.assignment.item_id,
                  "canceled" if held.canceled else "lease lost")
+
+
+def adapter_step(exc: BaseException) -> str:
+    """Where `exc` came from: the innermost adapter function it passed through, e.g.
+    `ReplicateProvider._read (replicate_provider.py:180)`, else the innermost function."""
+    adapter = innermost = None
+    tb = exc.__traceback__
+    while tb is not None:
+        innermost = tb
+        if tb.tb_frame.f_code.co_filename.startswith(_PROVIDERS):
+            adapter = tb
+        tb = tb.tb_next
+    chosen = adapter or innermost
+    if chosen is None:
+        return "the predictor"
+    code = chosen.tb_frame.f_code
+    return f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{chosen.tb_lineno})"
 
 
 def _lease(assignment: pb.Assignment) -> pb.LeaseRef:

@@ -44,3 +44,16 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def restart_emulator(stack: E2EStack, **env: str) -> None:
+    """Restart the emulator with `env` over its environment: a provider restart, which forgets
+    every prediction (no state file), with new limits or faults if asked; counts start from 0."""
+    stack.set_env("emulator", **env)
+    stack._start("emulator").wait_http(f"{stack.emulator_url}/_emulator/health")
+
+
+def replace_predictor(stack: E2EStack) -> None:
+    """A new predictor in place of the running one: no connection or learned run time carries over."""
+    stack.start_predictor()
+    stack.predictors.pop(0).stop()

@@ -6,7 +6,8 @@ prediction id was recorded, the next holder finds the intent instead of an id: i
 account's predictions newest first, back to the intent's time, and adopts the one with the
 item's model and input that no other item holds (the scheduler keeps upstream ids unique).
 Only when none is found is a new prediction created, so a crash anywhere around the create
-costs one listing, never a second prediction.
+costs one listing, never a second prediction. The listing is a paid read like any other
+(`list_page`): a 429, 5xx, timeout or reset on it is waited out, never the item's failure.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from datetime import datetime
 from typing import Any
 
 from fairway.scheduler.v1 import scheduler_pb2 as pb
-from replicate.client import Client
-
-from services.predictor.providers.base import CallGate
+from replicate.pagination import Page
+from replicate.prediction import Prediction
 
 INTENT = "creating:"
 # Clock skew allowed between this host and the provider's timestamps.
@@ -44,18 +44,17 @@ def intent_time(upstream_id: str) -> float:
 
 
 async def find_orphan(
-    client: Client, gate: CallGate, pay_read: Callable[[], Awaitable[None]], assignment: pb.Assignment,
+    list_page: Callable[[Any], Awaitable[Page[Prediction]]], assignment: pb.Assignment,
     adopt: Callable[[str], Awaitable[bool]],
 ) -> dict[str, Any] | None:
-    """The prediction a previous holder created for this item, adopted; None if there is none."""
+    """The prediction a previous holder created for this item, adopted; None if there is none.
+    `list_page(cursor)` pays for, and waits out the transient failures of, one page."""
     since = intent_time(assignment.upstream_id) - SKEW_S
     want_input = json.loads(assignment.input_json)
     model, _, version = assignment.model.partition(":")
     cursor: Any = ...
     for _ in range(MAX_PAGES):
-        await pay_read()
-        async with gate.call("replicate", "list"):
-            page = await client.predictions.async_list(cursor)
+        page = await list_page(cursor)
         for prediction in page.results:
             dump = getattr(prediction, "model_dump", None) or prediction.dict
             data = dict(dump())
