@@ -52,7 +52,12 @@ def make_budget(
     counts_usage: bool = False,
 ) -> Budget:
     burst, request_interval = _gcra(rpm, time_scale, burst_fraction)
-    token_burst, token_interval = _gcra(tpm, time_scale, burst_fraction) if tpm > 0 else (0, 0.0)
+    token_burst, token_interval = 0, 0.0
+    if tpm > 0:
+        # Tokens are paced at the full limit: the token window log, not the GCRA, keeps every
+        # rolling minute within it, so no minute needs the burst taken out of its rate.
+        token_burst = max(1, math.floor(tpm * burst_fraction))
+        token_interval = MICROS_PER_MINUTE / (tpm * time_scale)
     return Budget(
         name=name,
         rpm=rpm * time_scale,

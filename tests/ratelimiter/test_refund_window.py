@@ -15,15 +15,15 @@ from hypothesis import strategies as st
 from tests.ratelimiter.clocked import Clocked
 
 WINDOW_MS = 60_000
-SLOW_TPM = 60.0  # at burst fraction 0.5: 30 tokens of burst, one token back every 2 s
+SLOW_TPM = 60.0  # at burst fraction 0.5: 30 tokens of burst, one token back a second
 
 
 async def test_a_refund_after_the_budget_caught_up_is_granted_again(redis_url: str) -> None:
     clocked = await Clocked.create(redis_url, SLOW_TPM, 0.5)
     try:
         first = await clocked.acquire(10, 10)
-        assert first.granted == 4  # check-then-charge: 40 tokens, 80 s of the token TAT
-        await clocked.advance(85_000)  # the TAT (80 s) has passed
+        assert first.granted == 4  # check-then-charge: 40 tokens, 40 s of the token TAT
+        await clocked.advance(85_000)  # the TAT (40 s) and the grants (60 s) have passed
         for _, grant in clocked.grants[:4]:
             await clocked.close(grant, 0)
         # The refunds reach back to the grants' issue time, capped at one window: 30 tokens of
@@ -39,7 +39,7 @@ async def test_refunded_tokens_within_the_window_are_counted_once(redis_url: str
     clocked = await Clocked.create(redis_url, SLOW_TPM, 0.5)
     try:
         first = await clocked.acquire(2, 10)
-        assert first.granted == 2  # 20 tokens: the token TAT is 40 s ahead
+        assert first.granted == 2  # 20 tokens: the token TAT is 20 s ahead
         await clocked.advance(45_000)  # caught up, but the grants are still in the window
         for _, grant in clocked.grants:
             await clocked.close(grant, 0)
