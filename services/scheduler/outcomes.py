@@ -19,7 +19,7 @@ from services.scheduler.batching import GroupCommit
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.counts import CountFolder
 from services.scheduler.dispatcher import Dispatcher
-from services.scheduler.errors import UpstreamTaken
+from services.scheduler.errors import InvalidRequest, UpstreamTaken
 from services.scheduler.events import JobSignals
 from services.scheduler.jobs import Jobs
 from services.scheduler.metrics import OUTCOMES
@@ -191,20 +191,54 @@ class Outcomes:
         return await self._jobs.get(tenant, job_id)
 
     async def upstream_result(self, result: pb.UpstreamResult) -> pb.UpstreamResultResponse:
-        row = await self._pool.fetchrow(QUERIES["item_by_upstream"], result.upstream_id)
-        if row is None:
-            return pb.UpstreamResultResponse(matched=False)
-        item_id = str(row["id"])
-        if row["lease"] is None:  # not in flight: finished, or waiting for another attempt
-            return pb.UpstreamResultResponse(matched=True, item_id=item_id)
-        lease = pb.LeaseRef(item_id=item_id, lease=row["lease"])
+        """A provider's word on an upstream call. A delivery with an id is recorded in the
+        transaction that applies it: a replay finds it and does nothing (`duplicate`), and a
+        delivery whose processing failed is not recorded, so the provider's retry is processed."""
+        _storable_id("upstream_id", result.upstream_id)
+        delivery = result.delivery_id if result.HasField("delivery_id") else None
+        if delivery is not None:
+            _storable_id("delivery_id", delivery)
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    if delivery is not None and not await conn.fetchval(
+                        QUERIES["remember_delivery"], result.provider, delivery, DELIVERY_MEMORY_S
+                    ):
+                        return pb.UpstreamResultResponse(duplicate=True)
+                    row = await conn.fetchrow(QUERIES["item_by_upstream"], result.upstream_id)
+                    if row is None:
+                        return pb.UpstreamResultResponse(matched=False)
+                    moved = await self._apply_upstream(conn, row, result)
+                break
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _DEADLOCK_RETRIES - 1:
+                    raise
+                log.warning("deadlock applying an upstream result; running it again")
+        OUTCOMES.labels("done" if result.status == "succeeded" else "failed").inc(len(moved))
+        self._after(moved)
+        if moved and result.status == "succeeded":
+            self.counts.wake()
+        return pb.UpstreamResultResponse(matched=True, item_id=str(row["id"]))
+
+    async def _apply_upstream(self, conn: asyncpg.Connection, row: Any, result: pb.UpstreamResult) -> list[Any]:
+        """Complete or fail the item the result is about, fenced by its lease, in `conn`'s
+        transaction; the rows moved. An item not in flight (finished, or waiting for another
+        attempt) is left as it is."""
+        if row["lease"] is None:
+            return []
+        ids, leases = [row["id"]], [row["lease"]]
         if result.status == "succeeded":
-            await self.complete([pb.Completion(lease=lease, output_json=result.output_json or "null",
-                                               usage_json=result.usage_json)])
-        elif result.status in ("failed", "canceled"):
-            await self.fail([pb.Failure(lease=lease, error=result.error or f"prediction {result.status}",
-                                        retryable=False)])
-        return pb.UpstreamResultResponse(matched=True, item_id=item_id)
+            return list(await conn.fetch(QUERIES["complete_items"], ids, leases, [result.output_json or "null"],
+                                         [result.usage_json or None]))
+        if result.status not in ("failed", "canceled"):
+            return []
+        for lock in ("lock_tenants_of_items", "lock_counts_of_items"):
+            await conn.execute(QUERIES[lock], ids)
+        error = (result.error or f"prediction {result.status}")[:4000]
+        return list(await conn.fetch(
+            QUERIES["fail_items"], ids, leases, [error], [False], [0.0], self._config.max_attempts,
+            self._config.retry_base_seconds, self._config.retry_max_seconds, [True],
+        ))
 
     async def _moving(self, locks: Sequence[str], query: str, ids: list[uuid.UUID], *args: Any) -> list[Any]:
         """Run a statement that moves items, after taking its row locks in the global order
@@ -239,4 +273,17 @@ def _answer(ids: Sequence[str], accepted: Sequence[bool]) -> pb.OutcomeResponse:
         accepted=[i for i, ok in zip(ids, accepted, strict=True) if ok],
         refused=[i for i, ok in zip(ids, accepted, strict=True) if not ok],
     )
+
+
+# How long a delivery is remembered: a webhook signature verifies from 5 minutes before its
+# timestamp to 5 minutes after, so a replay may come 10 minutes after the first delivery;
+# one more minute for the clocks of the gateways' hosts and the database's to disagree.
+DELIVERY_MEMORY_S = 11 * 60.0
+MAX_ID_CHARS = 256
+
+
+def _storable_id(field: str, value: str) -> None:
+    """Refused in our words, before PostgreSQL refuses it in its own."""
+    if "\x00" in value or not 0 < len(value) <= MAX_ID_CHARS:
+        raise InvalidRequest(f"{field}: must be 1 to {MAX_ID_CHARS} characters, without NUL")
 

@@ -829,6 +829,7 @@ class UpstreamResult(_message.Message):
     OUTPUT_JSON_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     USAGE_JSON_FIELD_NUMBER: _builtins.int
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     upstream_id: _builtins.str
     status: _builtins.str
@@ -836,6 +837,10 @@ class UpstreamResult(_message.Message):
     output_json: _builtins.str
     error: _builtins.str
     usage_json: _builtins.str
+    delivery_id: _builtins.str
+    """The provider's id of this delivery (a webhook's `webhook-id`): a delivery already
+    processed is not processed again (a replay, or a retry of one that succeeded).
+    """
     def __init__(
         self,
         *,
@@ -845,12 +850,15 @@ class UpstreamResult(_message.Message):
         output_json: _builtins.str = ...,
         error: _builtins.str = ...,
         usage_json: _builtins.str = ...,
+        delivery_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_delivery_id", b"_delivery_id", "delivery_id", b"delivery_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output_json", b"output_json", "provider", b"provider", "status", b"status", "upstream_id", b"upstream_id", "usage_json", b"usage_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delivery_id", b"_delivery_id", "delivery_id", b"delivery_id", "error", b"error", "output_json", b"output_json", "provider", b"provider", "status", b"status", "upstream_id", b"upstream_id", "usage_json", b"usage_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__delivery_id: _TypeAlias = _typing.Literal["delivery_id"]  # noqa: Y015
+    _WhichOneofArgType__delivery_id: _TypeAlias = _typing.Literal["_delivery_id", b"_delivery_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delivery_id) -> _WhichOneofReturnType__delivery_id | None: ...
 
 Global___UpstreamResult: _TypeAlias = UpstreamResult  # noqa: Y015
 
@@ -860,17 +868,21 @@ class UpstreamResultResponse(_message.Message):
 
     MATCHED_FIELD_NUMBER: _builtins.int
     ITEM_ID_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
     matched: _builtins.bool
     item_id: _builtins.str
+    duplicate: _builtins.bool
+    """the delivery was processed before; nothing was done"""
     def __init__(
         self,
         *,
         matched: _builtins.bool = ...,
         item_id: _builtins.str = ...,
+        duplicate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "matched", b"matched"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "item_id", b"item_id", "matched", b"matched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
