@@ -18,6 +18,7 @@ from fairway.scheduler.v1 import scheduler_pb2
 from fastapi import Depends, Request
 
 from services.gateway.errors import ApiError, from_rpc_error
+from services.gateway.ratelimit import TenantRateLimit
 from services.gateway.upstreams import Upstreams
 
 CACHE_TTL_S = 5.0
@@ -84,7 +85,11 @@ async def current_principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not key:
         raise ApiError(401, "unauthorized", "Send your API key as 'Authorization: Bearer KEY'.")
     authenticator: Authenticator = request.app.state.authenticator
-    return await authenticator.principal(key)
+    found = await authenticator.principal(key)
+    if not found.admin:
+        limit: TenantRateLimit = request.app.state.tenant_rate
+        limit.check(found.tenant)
+    return found
 
 
 async def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:

@@ -26,6 +26,15 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias=AliasChoices("FAIRWAY_GATEWAY_MAX_BODY_BYTES", "max_body_bytes"),
     )
+    # Requests a second each tenant may make at this replica (0: no limit), and the burst it
+    # may make at once; far above what a client polling its jobs needs.
+    tenant_rps: float = Field(
+        default=100.0, ge=0, allow_inf_nan=False,
+        validation_alias=AliasChoices("FAIRWAY_GATEWAY_TENANT_RPS", "tenant_rps"),
+    )
+    tenant_burst: int = Field(
+        default=200, ge=1, validation_alias=AliasChoices("FAIRWAY_GATEWAY_TENANT_BURST", "tenant_burst")
+    )
     # Upper bound of one unary call to the scheduler or ratelimiter; a large SubmitJob
     # writes many rows, so this is generous.
     rpc_timeout_s: float = Field(

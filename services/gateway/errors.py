@@ -84,6 +84,10 @@ _STATUS_BY_ERROR_CODE = {"insufficient_credits": 402, "queue_full": 429}
 _DOWN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
 
+# How the scheduler starts the message of a value its database refused (then quoted).
+_UNSTORABLE = "a value in the request cannot be stored"
+
+
 def _metadata(pairs: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in pairs or ():
@@ -107,9 +111,18 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, upstream: str = "scheduler") -> Ap
             err.retry_after_s = retry_after
         return err
     details = exc.details() or ""
-    if code not in _BY_GRPC_CODE:
+    ours = ERROR_CODE_KEY in meta
+    # INTERNAL, UNKNOWN (an exception the service did not map: its text may be a database's)
+    # and the rest say nothing a client can act on. So does RESOURCE_EXHAUSTED without our
+    # error code: that is gRPC's own, a message over its size limit, not a rate limit.
+    if code not in _BY_GRPC_CODE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and not ours):
         log.error("%s failed: %s %s", upstream, code, details)
         return ApiError(502, "upstream_error", f"The {upstream} failed to answer this request; retry later.")
+    if code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(_UNSTORABLE):
+        # The scheduler names a value PostgreSQL refused and quotes PostgreSQL's words,
+        # which are not for clients.
+        log.warning("%s refused a value: %s", upstream, details)
+        details = _UNSTORABLE + "; remove NUL characters and keep numbers within their documented ranges."
     status, default_code = _BY_GRPC_CODE[code]
     error_code = meta.get(ERROR_CODE_KEY) or default_code
     status = _STATUS_BY_ERROR_CODE.get(error_code, status)
@@ -119,6 +132,13 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, upstream: str = "scheduler") -> Ap
 
 
 # ---------- request validation → 400 / 422 ----------
+
+
+def storable_params(request: Request) -> None:
+    """422 for a NUL character in a path or query parameter: the scheduler could not look it up."""
+    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+        if "\x00" in str(value):
+            raise ApiError(422, "invalid_request", f"{name}: must not contain the NUL character (\\u0000)")
 
 
 def field_path(loc: Sequence[int | str]) -> str:

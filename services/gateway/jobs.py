@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
+import asyncio
+import email.message
 from typing import Annotated, Any
 
 from fairway.scheduler.v1 import scheduler_pb2
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from pydantic import BeforeValidator, Field
 
-from services.gateway import render
+from services.gateway import render, submission
 from services.gateway.auth import AnyKey, Stubs, TenantKey
 from services.gateway.errors import ApiError
-from services.gateway.schemas import INT32_MAX, OPERATIONS, ItemPage, Job, JobPage, JobSubmit, Status
+from services.gateway.schemas import ItemPage, Job, JobPage, JobSubmit, Status
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -33,88 +32,62 @@ StatusFilter = Annotated[Status | None, BeforeValidator(_blank_is_absent), Query
 After = Annotated[str, Query(max_length=512, description="the `next` cursor of the previous page")]
 
 
-def canonical_json(value: Any) -> str:
-    """One spelling per JSON value: sorted keys, no spaces, so reordering a body changes nothing."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its `$defs` put in place, to stand alone in the OpenAPI document."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
-def request_hash(job: JobSubmit) -> str:
-    """What an Idempotency-Key is bound to: the submitted job with its defaults filled in."""
-    return hashlib.sha256(canonical_json(job.model_dump(mode="json")).encode()).hexdigest()
+# The body is read by the handler (see `submission`), so the OpenAPI document is told its schema.
+_SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _inlined(JobSubmit.model_json_schema())}},
+    }
+}
 
 
-def _required(path: str, what: str) -> ApiError:
-    return ApiError(422, "invalid_request", f"{path}: {what}")
+def _json_content_type(request: Request) -> None:
+    """As FastAPI reads a JSON body: no Content-Type, application/json or application/*+json."""
+    value = request.headers.get("content-type")
+    if not value:
+        return
+    message = email.message.Message()
+    message["content-type"] = value
+    subtype = message.get_content_subtype()
+    if message.get_content_maintype() != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        raise ApiError(
+            400, "invalid_json", "The body must be a JSON object sent with Content-Type: application/json."
+        )
 
 
-# What the Replicate SDK can call: a model, or a model at a version.
-REPLICATE_MODEL = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(:\w+)?")
-
-
-def check_items(job: JobSubmit) -> None:
-    """The input shape each operation needs (the provider's own validation comes later)."""
-    if job.provider == "replicate" and not REPLICATE_MODEL.fullmatch(job.model):
-        raise _required("model", "a Replicate model is owner/name or owner/name:version")
-    for n, item in enumerate(job.items):
-        where = f"items[{n}].input"
-        data = item.input
-        if job.operation == "chat":
-            messages = data.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise _required(f"{where}.messages", "an openai chat item needs a non-empty list of messages")
-            if "max_tokens" in data and not _positive_int(data["max_tokens"]):
-                raise _required(f"{where}.max_tokens", f"must be a whole number from 1 to {INT32_MAX}")
-        elif job.operation == "response":
-            if data.get("input") in (None, "", []):
-                raise _required(f"{where}.input", "an openai response item needs an input")
-            if "max_output_tokens" in data and not _positive_int(data["max_output_tokens"]):
-                raise _required(f"{where}.max_output_tokens", f"must be a whole number from 1 to {INT32_MAX}")
-        elif job.operation == "image":
-            prompt = data.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise _required(f"{where}.prompt", "an openai image item needs a prompt string")
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, allow_nan=False)
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= INT32_MAX
-
-
-@router.post("", status_code=201, response_model=Job)
+@router.post("", status_code=201, response_model=Job, openapi_extra=_SUBMIT_BODY)
 async def submit_job(
-    body: JobSubmit,
+    request: Request,
     who: TenantKey,
     up: Stubs,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> dict[str, Any]:
     """Queue a job; with `Idempotency-Key`, a retry of the same body answers the same job."""
-    allowed = OPERATIONS[body.provider]
-    if body.operation is None:
-        body = body.model_copy(update={"operation": allowed[0]})
-    elif body.operation not in allowed:
-        raise _required("operation", f"{body.provider} offers {', '.join(allowed)}, not {body.operation}")
-    check_items(body)
-    try:
-        items = [scheduler_pb2.ItemInput(ref=i.ref, input_json=_json(i.input)) for i in body.items]
-        metadata_json = "" if body.metadata is None else _json(body.metadata)
-    except ValueError:
-        # Python's parser takes them; JSON, the providers and PostgreSQL do not.
-        raise ApiError(400, "invalid_json", "NaN and Infinity are not JSON numbers; send null or a number.") from None
-    request = scheduler_pb2.SubmitJobRequest(
-        tenant=who.tenant,
-        provider=body.provider,
-        model=body.model,
-        operation=body.operation or "",
-        priority=body.priority,
-        items=items,
-        metadata_json=metadata_json,
-        idempotency_key=idempotency_key or "",
-        request_hash=request_hash(body) if idempotency_key else "",
-    )
-    created = await up.scheduler.SubmitJob(request, timeout=up.timeout_s)
+    # The key is checked (and the tenant's request rate) before the body is even read.
+    _json_content_type(request)
+    body = await request.body()
+    workers: asyncio.Semaphore = request.app.state.submit_workers
+    async with workers:
+        prepared = await asyncio.to_thread(submission.prepare, body, who.tenant, idempotency_key)
+    created = await up.scheduler.SubmitJob(prepared, timeout=up.timeout_s)
     return render.job(created)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -20,25 +22,42 @@ INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
 # Deeper JSON is refused: the answer that repeats a job's metadata could not be written.
 MAX_JSON_DEPTH = 64
+# Values in one item's input (or in a job's metadata): each step of validating, encoding or
+# hashing an item is one call into C that holds the GIL, so this bounds how long one item
+# can keep the gateway from answering others (100,000 values: ~10-30 ms).
+MAX_JSON_VALUES = 100_000
 # GET /v1/tenants/me names the caller's own tenant.
 RESERVED_TENANT_IDS = ("me",)
+# UTF-16 halves: JSON's "\ud800" escape decodes to one, alone, which is not a character; it
+# cannot be encoded as UTF-8, so neither a provider nor PostgreSQL can be sent it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _storable_text(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain the NUL character (\\u0000), which cannot be stored")
+    if not value.isascii() and _SURROGATE.search(value) is not None:
+        raise ValueError("must not contain an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not a character")
     return value
 
 
 def _storable_json(value: Any) -> Any:
-    """At most MAX_JSON_DEPTH levels deep, and no NUL character in a string or key."""
+    """At most MAX_JSON_DEPTH levels deep and MAX_JSON_VALUES values; every string and key
+    storable text; every number finite (1e400 parses as infinity, which JSON cannot carry)."""
     pending = [(value, 1)]
+    counted = 1  # values seen or waiting to be
     while pending:
         node, depth = pending.pop()
+        if isinstance(node, (dict, list)):
+            counted += len(node)
+            if counted > MAX_JSON_VALUES:
+                raise ValueError(f"must not hold more than {MAX_JSON_VALUES} JSON values")
         if depth > MAX_JSON_DEPTH:
             raise ValueError(f"must not be nested more than {MAX_JSON_DEPTH} levels deep")
         if isinstance(node, str):
             _storable_text(node)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError(f"must hold only finite numbers, not {node} (a number beyond a double)")
         elif isinstance(node, dict):
             for key, child in node.items():
                 _storable_text(key)

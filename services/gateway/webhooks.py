@@ -2,7 +2,10 @@
 
 The signature (`webhook-id`, `webhook-timestamp`, `webhook-signature`) is checked with the
 Standard Webhooks scheme against `REPLICATE_WEBHOOK_SECRET`, or else against the account's
-default webhook secret, fetched once from Replicate and kept.
+default webhook secret, fetched once from Replicate and kept. A signature verifies for five
+minutes either side of its timestamp, so the same delivery could be replayed all that time:
+the scheduler remembers each delivery (`webhook-id`) it processed, shared by every gateway
+replica, and a replay does nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from standardwebhooks import Webhook
 
 from services.common.logging import get_logger
 from services.gateway.auth import Stubs
+from services.gateway.bodies import parse_body
 from services.gateway.config import Settings
 from services.gateway.errors import ApiError
 
@@ -24,6 +28,8 @@ log = get_logger(__name__)
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+# Longest webhook-id or prediction id taken (Replicate's are ~30 characters).
+MAX_ID_CHARS = 256
 
 
 class WebhookSecret:
@@ -66,35 +72,46 @@ def _json_text(value: Any) -> str:
     return "" if value is None else json.dumps(value)
 
 
+def _checked_id(field: str, value: Any) -> str:
+    """An id the scheduler can store and look up: 1 to MAX_ID_CHARS printable characters
+    (no NUL, control character or unpaired surrogate)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS or not value.isprintable():
+        raise ApiError(422, "invalid_request", f"{field}: must be 1 to {MAX_ID_CHARS} printable characters")
+    return value
+
+
 @router.post("/replicate")
 async def replicate_webhook(request: Request, up: Stubs) -> dict[str, Any]:
-    """Verify the signature, then report the prediction's outcome to the scheduler."""
+    """Verify the signature, then report the prediction's outcome to the scheduler, once per delivery."""
     body = await request.body()
     headers = {name: request.headers.get(name, "") for name in SIGNATURE_HEADERS}
     if not all(headers.values()):
         raise ApiError(401, "invalid_signature", "The webhook-id, -timestamp and -signature headers are required.")
     secrets: WebhookSecret = request.app.state.webhook_secret
     try:
-        prediction = Webhook(await secrets.get()).verify(body, headers)
+        Webhook(await secrets.get()).verify(body, headers, json_parse=False)
     except ApiError:
         raise
-    except json.JSONDecodeError:
-        # Raised only once the signature verified: the sender's body is not JSON.
-        raise ApiError(400, "invalid_json", "The webhook body is not valid JSON.") from None
     except Exception as exc:
         # Any failure to verify (bad signature, stale timestamp, malformed header) is the sender's.
         raise ApiError(401, "invalid_signature", "The webhook signature does not verify.") from exc
-    if not isinstance(prediction, dict) or not isinstance(prediction.get("id"), str):
-        raise ApiError(422, "invalid_request", "id: a Replicate prediction with an id is expected.")
+    # The provider's output may be large: parsed in bounded steps, off the event loop.
+    prediction = await asyncio.to_thread(parse_body, body, max_values=None)
+    delivery_id = _checked_id("webhook-id", headers["webhook-id"])
+    if not isinstance(prediction, dict):
+        raise ApiError(422, "invalid_request", "body: a Replicate prediction (a JSON object) is expected.")
+    upstream_id = _checked_id("id", prediction.get("id"))
     error = prediction.get("error")
     result = scheduler_pb2.UpstreamResult(
         provider="replicate",
-        upstream_id=prediction["id"],
+        upstream_id=upstream_id,
         status=str(prediction.get("status") or ""),
         output_json=_json_text(prediction.get("output")),
         error="" if error is None else (error if isinstance(error, str) else json.dumps(error)),
         usage_json=_json_text(prediction.get("metrics")),
+        delivery_id=delivery_id,
     )
     reply = await up.scheduler.ReportUpstreamResult(result, timeout=up.timeout_s)
-    # 200 also when nothing matched: a retry would not match either.
-    return {"matched": reply.matched}
+    # 200 also when nothing matched (a retry would not match either), and for a delivery
+    # already processed (a replay within the signature's validity): nothing was done.
+    return {"matched": reply.matched, "duplicate": reply.duplicate}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI
 
 from services.common.embedded import free_port
 from services.gateway.app import create_app
@@ -35,6 +38,23 @@ def settings_for(scheduler: str, ratelimiter: str, **overrides: object) -> Setti
     return Settings.model_validate(values)
 
 
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    """`app` under uvicorn on a free port of this process, for as long as the iteration runs."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    # `started` flips once the socket listens; the loop yields to the server until then.
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
 @pytest.fixture(scope="session")
 async def running_fakes() -> AsyncIterator[Fakes]:
     running = Fakes()
@@ -50,7 +70,8 @@ def fakes(running_fakes: Fakes) -> Fakes:
     return running_fakes
 
 
-async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def client_of(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway with `settings` (lifespan run), driven in-process over httpx."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -62,7 +83,7 @@ async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 async def client(running_fakes: Fakes) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway, in front of the fakes; request `fakes` too to set their answers."""
     address = running_fakes.address
-    async for c in _client(settings_for(address, address, max_body_bytes=MAX_BODY_BYTES)):
+    async for c in client_of(settings_for(address, address, max_body_bytes=MAX_BODY_BYTES)):
         yield c
 
 
@@ -70,5 +91,5 @@ async def client(running_fakes: Fakes) -> AsyncIterator[httpx.AsyncClient]:
 async def orphan() -> AsyncIterator[httpx.AsyncClient]:
     """A gateway whose scheduler and ratelimiter are not there at all."""
     dead = f"127.0.0.1:{free_port()}"
-    async for c in _client(settings_for(dead, dead)):
+    async for c in client_of(settings_for(dead, dead)):
         yield c

@@ -97,6 +97,7 @@ class FakeRateLimiter(Recorder, ratelimiter_pb2_grpc.RateLimiterServicer):
     Acquire = _unary("Acquire", ratelimiter_pb2.AcquireResponse())
     Settle = _unary("Settle", ratelimiter_pb2.SettleResponse())
     Release = _unary("Release", ratelimiter_pb2.ReleaseResponse())
+    Adjust = _unary("Adjust", ratelimiter_pb2.AdjustResponse())
     ReportUpstream = _unary("ReportUpstream", ratelimiter_pb2.UpstreamReportResponse())
     GetStats = _unary("GetStats", ratelimiter_pb2.GetStatsResponse())
     SetTenantCaps = _unary("SetTenantCaps", ratelimiter_pb2.TenantCapsResponse())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import grpc
@@ -236,3 +237,52 @@ async def test_json_that_is_not_an_object_is_422_and_json_too_deep_to_parse_is_4
     envelope(await client.post("/v1/jobs", content=b'"a job"', headers=headers), 422, "invalid_request")
     envelope(await client.post("/v1/jobs", content=b"[" * 5_000, headers=headers), 400, "invalid_json")
     assert fakes.scheduler.calls("SubmitJob") == []
+
+
+async def test_text_json_cannot_carry_is_422_naming_the_field(client: httpx.AsyncClient, fakes: Fakes) -> None:
+    # A lone UTF-16 half ("\ud800") is no character: no provider, nor PostgreSQL, can be sent it.
+    head = b'{"provider": "replicate", "model": "a/b", '
+    headers = {**tenant("t1"), "Content-Type": "application/json"}
+    for body, field in (
+        (b'"items": [{"input": {"prompt": "a\\ud800"}}]}', "items[0].input"),
+        (b'"items": [{"input": {"k\\udc00": 1}}]}', "items[0].input"),
+        (b'"items": [{"input": {}}, {"input": {"p": [["\\udbff"]]}}]}', "items[1].input"),
+        (b'"items": [{"ref": "r\\ud800", "input": {}}]}', "items[0].ref"),
+        (b'"items": [{"input": {}}], "metadata": {"note": "\\udfff"}}', "metadata"),
+        (b'"items": [{"input": {}}], "metadata": {"\\ud800": 1}}', "metadata"),
+        # Beyond a double: Python reads it as infinity, which JSON cannot carry.
+        (b'"items": [{"input": {"strength": 1e400}}]}', "items[0].input"),
+        (b'"items": [{"input": {}}], "metadata": {"x": -1e999}}', "metadata"),
+    ):
+        r = await client.post("/v1/jobs", content=head + body, headers=headers)
+        message = envelope(r, 422, "invalid_request")
+        assert message.startswith(field + ": "), (body, message)
+    # A surrogate spelt in UTF-8 bytes is no UTF-8 at all.
+    r = await client.post("/v1/jobs", content=head + b'"items": [{"input": {"p": "\xed\xa0\x80"}}]}', headers=headers)
+    envelope(r, 400, "invalid_json")
+    assert fakes.scheduler.calls("SubmitJob") == []
+    # A pair of halves is one character, and passes.
+    r = await client.post("/v1/jobs", content=head + b'"items": [{"input": {"p": "\\ud83d\\ude00"}}]}', headers=headers)
+    assert r.status_code == 201, r.text
+    assert json.loads(fakes.scheduler.calls("SubmitJob")[0].items[0].input_json) == {"p": "\U0001f600"}
+
+
+async def test_what_the_scheduler_did_not_mean_for_clients_is_not_shown(
+    client: httpx.AsyncClient, fakes: Fakes
+) -> None:
+    for status in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        fakes.scheduler.reply("GetJob", Abort(status, 'Exception calling application: relation "items" does not exist'))
+        message = envelope(await client.get("/v1/jobs/j1", headers=tenant("t1")), 502, "upstream_error")
+        assert "relation" not in message and "Exception" not in message
+    # gRPC's own RESOURCE_EXHAUSTED (a message over its size limit) is not the tenant's rate.
+    fakes.scheduler.reply("ListItems", Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max"))
+    message = envelope(await client.get("/v1/jobs/j1/items", headers=tenant("t1")), 502, "upstream_error")
+    assert "larger" not in message
+    # A value the database refused: the scheduler names it and quotes the database.
+    fakes.scheduler.reply("GetTenant", Abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        'a value in the request cannot be stored: invalid byte sequence for encoding "UTF8": 0xed 0xa0',
+        "invalid_request",
+    ))
+    message = envelope(await client.get("/v1/tenants/t1", headers=ADMIN), 422, "invalid_request")
+    assert "UTF8" not in message and "0xed" not in message, message

@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-import uvicorn
 from fairway.scheduler.v1 import scheduler_pb2
 from fastapi import FastAPI, Request
 from standardwebhooks import Webhook
 
-from services.common.embedded import free_port
 from services.gateway.app import create_app
-from tests.gateway.conftest import settings_for, tenant
+from tests.gateway.conftest import serve, settings_for, tenant
 from tests.gateway.fakes import Fakes
 
 PROVIDER_SECRET = "whsec_" + "cHJvdmlkZXItc2lkZS1zZWNyZXQtMTIzNA=="
-
-
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    # `started` flips once the socket listens; the loop yields to the server until then.
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 def fake_replicate() -> tuple[FastAPI, list[str]]:
