@@ -25,7 +25,11 @@ class RateLimiterConfig(BaseSettings):
     burst_fraction: float = Field(default=0.005, gt=0, lt=1)
     # Seconds (of the provider's time, like its minute: divided by time_scale) for the
     # upstream-feedback rate factor to climb back from 0 to 1.
-    recovery_s: float = Field(default=60.0, gt=0)
+    recovery_s: float = Field(default=10.0, gt=0)
+    # Provider seconds a 429's measure of the share left to us holds before the rate recovers:
+    # about a minute, so a client sharing the key costs about one 429 a minute, and a little
+    # less, so the full rate is back within a minute of its leaving.
+    hold_s: float = Field(default=55.0, gt=0)
     # Floor of the rate factor: feedback never stops a budget entirely (cooldowns do that).
     min_rate_factor: float = Field(default=0.05, gt=0, le=1)
     # Cooldown after a 429 that came without any retry advice.

@@ -25,13 +25,20 @@ is what the provider leaves us; anyone else sharing the key holds about `limit -
     factor  = max(learned, factor x DECREASE)        never raised, at most halved per hold
 
 so the planned rate becomes `utilization x N`: the same margin below what is left as below a
-limit we have to ourselves. The factor is then *held* at that level for one provider minute
-(nothing is learned about the other client until its share is measured again, and our own
-refused calls leave the window only after a minute), and recovers linearly after that. If the
-other client stays, the first 429 after the hold re-measures it: about one 429 per
-`hold + a few seconds`. When it leaves, the next hold ends and the full rate returns within
-`recovery_s x (1 - factor)`. A 429 also starts a cooldown shared by all replicas: the provider's
-retry-after, else its reset time, else `default_cooldown_s`. `remaining == 0` starts a
+limit we have to ourselves. Later 429s of the same hold period (calls of the same burst, or
+sent when the cooldown ended) each take one call off that measure rather than measuring
+again: a fresh measure would count our own cooldown's pause as room someone else took.
+The factor is then *held* at that level for `hold_s` (55 provider seconds by default: nothing
+is learned about the other client until its share is measured again), and recovers after that,
+fast (`recovery_s`, 10 s from 0 to 1). If the other client stays, the recovery overfills the
+window within seconds and the next 429 re-measures it: about one 429 a minute. When it leaves,
+the full rate is back within the hold plus `recovery_s x (1 - factor)` of its leaving — a
+rolling window keeps its calls for a minute anyway, so nothing could be sent sooner without a
+429. A 429 also starts a cooldown shared by all replicas: the provider's
+retry-after, else its reset time, else `default_cooldown_s` — and at least until our own calls
+beyond the new plan have left the provider's minute (sent before we knew the other client was
+there, they keep the window full for up to a minute: every call sent before then would be
+refused too). `remaining == 0` starts a
 cooldown until the provider's reset, before any 429 happens.
 """
 
@@ -75,10 +82,15 @@ class OwnUsage:
     published_rpm: float  # per the provider's minute (no time scale)
     published_tpm: float
     window_s: float = 60.0  # the provider's minute in real seconds
+    # Until enough of our calls have left the provider's minute for the plan after a 429 to fit.
+    drain_s: float = 0.0
 
 
-def correct(obs: Observation, own: OwnUsage, *, utilization: float, default_cooldown_s: float) -> Correction:
-    """What one observation changes; `own` must be measured over the provider's minute."""
+def correct(
+    obs: Observation, own: OwnUsage, *, utilization: float, default_cooldown_s: float, hold_s: float | None = None,
+) -> Correction:
+    """What one observation changes; `own` must be measured over the provider's minute.
+    `hold_s`: how long a 429's measure holds (default: the provider's minute)."""
     targets = [
         _target(obs.remaining_requests, obs.limit_requests, own.published_rpm, own.requests_fraction, utilization),
         _target(obs.remaining_tokens, obs.limit_tokens, own.published_tpm, own.tokens_fraction, utilization),
@@ -93,6 +105,8 @@ def correct(obs: Observation, own: OwnUsage, *, utilization: float, default_cool
         cooldown = max(cooldown, obs.reset_requests_s or default_cooldown_s)
     if obs.remaining_tokens is not None and obs.remaining_tokens <= 0:
         cooldown = max(cooldown, obs.reset_tokens_s or default_cooldown_s)
+    if obs.throttled:
+        cooldown = max(cooldown, min(own.drain_s, own.window_s))
     cooldown = min(max(cooldown, 0.0), MAX_COOLDOWN_S)
     if not obs.throttled:
         return Correction(target_factor=target, multiplier=1.0, cooldown_s=cooldown, hold_s=MIN_HOLD_S)
@@ -102,7 +116,7 @@ def correct(obs: Observation, own: OwnUsage, *, utilization: float, default_cool
         target_factor=target,
         multiplier=DECREASE,
         cooldown_s=cooldown,
-        hold_s=max(cooldown, MIN_HOLD_S, own.window_s),
+        hold_s=max(cooldown, MIN_HOLD_S, own.window_s if hold_s is None else hold_s),
         learned_factor=max(0.0, learned),
     )
 

@@ -55,6 +55,7 @@ class RateLimiter:
         utilization: float,
         time_scale: float,
         default_cooldown_s: float,
+        hold_s: float | None = None,
         on_availability: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self.book = book
@@ -62,6 +63,7 @@ class RateLimiter:
         self._utilization = utilization
         self._time_scale = time_scale
         self._default_cooldown_s = default_cooldown_s
+        self._hold_s = hold_s
         self._on_availability = on_availability
         self._serials = SerialSource()
         self._queues: dict[str, GroupCommit[Ask, Decision]] = {}
@@ -179,15 +181,19 @@ class RateLimiter:
         if obs.throttled or obs.remaining_requests is not None or obs.remaining_tokens is not None:
             # The provider's remaining-* count its own minute, which a time-scaled provider plays
             # in 60 / time_scale real seconds: ours must be counted over the same span.
-            requests, tokens = await self._guard(self._store.window_usage(budget))
+            window = await self._guard(self._store.window_usage(budget))
+            requests = window.requests
             own = OwnUsage(
                 requests_fraction=requests / own.published_rpm,
-                tokens_fraction=tokens / own.published_tpm if budget.tpm else 0.0,
+                tokens_fraction=window.tokens / own.published_tpm if budget.tpm else 0.0,
                 published_rpm=own.published_rpm,
                 published_tpm=own.published_tpm,
                 window_s=window_s,
+                # After a 429, until our calls beyond the new plan have left the provider's minute.
+                drain_s=window.drain_s(self._utilization * requests) if obs.throttled else 0.0,
             )
-        fix = correct(obs, own, utilization=self._utilization, default_cooldown_s=self._default_cooldown_s)
+        fix = correct(obs, own, utilization=self._utilization, default_cooldown_s=self._default_cooldown_s,
+                      hold_s=self._hold_s)
         if fix.target_factor is None and fix.multiplier >= 1.0 and fix.cooldown_s <= 0:
             return await self._current_feedback(budget)
         factor, cooldown = await self._guard(
@@ -198,6 +204,7 @@ class RateLimiter:
                 cooldown_s=fix.cooldown_s,
                 hold_s=fix.hold_s,
                 learned_factor=fix.learned_factor,
+                call_share=1.0 / own.published_rpm if own.published_rpm else 0.0,
             )
         )
         if factor < 1.0 or cooldown > 0:

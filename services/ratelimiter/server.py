@@ -49,6 +49,7 @@ class RateLimiterServer:
             utilization=limits.utilization,
             time_scale=config.time_scale,
             default_cooldown_s=config.default_cooldown_s,
+            hold_s=config.hold_s / config.time_scale,
             on_availability=self._on_availability,
         )
 

@@ -241,8 +241,11 @@ class BudgetStore:
         cooldown_s: float,
         hold_s: float,
         learned_factor: float | None = None,
+        call_share: float = 0.0,
     ) -> tuple[float, float]:
-        """Merge an upstream observation; returns (rate factor, cooldown seconds remaining)."""
+        """Merge an upstream observation; returns (rate factor, cooldown seconds remaining).
+        `call_share`: one call as a share of the published limit (what each further 429 of a
+        hold period takes off the share the first one measured)."""
         args: list[Any] = [
             -1 if target_factor is None else target_factor,
             multiplier,
@@ -251,6 +254,7 @@ class BudgetStore:
             self._p.min_rate_factor,
             int(hold_s * 1e6),
             -1 if learned_factor is None else learned_factor,
+            call_share,
         ]
         keys = [self._key(budget.name, "fb"), self._key(budget.name, "ring")]
         factor, cooldown_us = await self._run(self._feedback, keys, args)
@@ -276,14 +280,14 @@ class BudgetStore:
             out.append(self._usage(now_us, ring, fb, int(in_flight)))
         return out
 
-    async def window_usage(self, budget: Budget) -> tuple[float, int]:
-        """(requests, tokens) of the budget in the provider's rolling minute, which at a time
-        scale is shorter than a real one: what the provider's remaining-* headers count."""
+    async def window_usage(self, budget: Budget) -> Window:
+        """What the budget used in the provider's rolling minute, which at a time scale is
+        shorter than a real one: what the provider's remaining-* headers count."""
         name = budget.name
         keys = [self._key(name, "ring"), self._key(name, "win"), self._key(name, "winsum")]
         reply = await self._run(self._window, keys, [self.window_us])
         ring = dict(zip(reply[2::2], reply[3::2], strict=True))
-        return window_requests(int(reply[0]), ring, self.window_us / 1e6), int(reply[1])
+        return Window(int(reply[0]), ring, int(reply[1]), self.window_us / 1e6)
 
     def _usage(self, now_us: int, ring: dict[str, str], fb: list[str | None], in_flight: int) -> Usage:
         now_s = now_us // 1_000_000
@@ -327,6 +331,37 @@ class BudgetStore:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return result
+
+
+@dataclass(frozen=True)
+class Window:
+    """A budget's use of the provider's last minute (`window_s` real seconds) at `now_us`."""
+
+    now_us: int
+    ring: dict[str, str]
+    tokens: int
+    window_s: float
+
+    @property
+    def requests(self) -> float:
+        return window_requests(self.now_us, self.ring, self.window_s)
+
+    def drain_s(self, keep: float) -> float:
+        """Seconds until at most `keep` of our calls are left in the provider's minute, if we
+        send none meanwhile (a second's calls leave together, when all of them have)."""
+        now = self.now_us / 1e6
+        left = self.requests
+        if left <= keep:
+            return 0.0
+        seconds = sorted(int(v) for k, v in self.ring.items() if k.startswith("s"))
+        for sec in seconds:
+            if sec + 1 <= now - self.window_s or sec > now:
+                continue
+            slot = sec % RING_SLOTS
+            left -= int(self.ring.get(f"r{slot}", 0)) - int(self.ring.get(f"x{slot}", 0))
+            if left <= keep:
+                return max(0.0, sec + 1 + self.window_s - now)
+        return self.window_s
 
 
 def window_requests(now_us: int, ring: dict[str, str], window_s: float) -> float:

@@ -105,6 +105,23 @@ async def test_refused_calls_are_not_counted_as_ours(redis_url: str) -> None:
         await clocked.store.aclose()
 
 
+async def test_our_own_pause_is_not_taken_for_someone_elses_use(redis_url: str) -> None:
+    # After a 429 we pause (the cooldown) and our calls age out of the provider's window; a
+    # 429 later in the same hold (a call of the burst, retried) must not read that as room
+    # someone else took: it takes one refused call off the first measure.
+    clocked, limiter = await _shared_key(redis_url)
+    try:
+        assert (await clocked.acquire(420, 0)).granted == 420
+        await clocked.advance(30_000)
+        first, _ = await limiter.report(REPLICATE_CREATE, Observation(throttled=True))
+        assert first == pytest.approx(0.7, abs=0.002)
+        await clocked.advance(35_000)  # our 420 calls have left the provider's minute
+        second, _ = await limiter.report(REPLICATE_CREATE, Observation(throttled=True))
+        assert second == pytest.approx(0.7 - 1 / 600, abs=0.002)
+    finally:
+        await clocked.store.aclose()
+
+
 async def test_a_429_on_a_young_window_halves_at_most_once_per_hold(redis_url: str) -> None:
     clocked, limiter = await _shared_key(redis_url)
     try:
