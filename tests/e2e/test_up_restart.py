@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tests.e2e.stack import wait_terminal
@@ -21,7 +23,7 @@ from tests.predictor.support import wait_until
 from tests.test_stack import _read_until, _start
 
 RESTARTS = 3
-REPLICATE_ITEMS = 40
+REPLICATE_ITEMS = 20  # a job of them before each stop
 OPENAI_ITEMS = 20
 
 
@@ -38,10 +40,11 @@ def _jobs(client: httpx.Client) -> list[dict[str, Any]]:
     return list(reply.json()["jobs"])
 
 
-def _part_done(gateway: str, key: str, done: int) -> bool:
+def _part_done(gateway: str, key: str, job_id: str) -> bool:
+    """Some of the job's predictions finished, others still running."""
     with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
-        counts = next(j["counts"] for j in _jobs(client) if j["provider"] == "replicate")
-    return bool(counts["PROCESSING"]) and counts["DONE"] >= done
+        counts = client.get(f"/v1/jobs/{job_id}").json()["counts"]
+    return bool(counts["DONE"]) and bool(counts["PROCESSING"])
 
 
 @pytest.mark.slow
@@ -49,8 +52,9 @@ def test_items_in_flight_at_ctrl_c_finish_after_a_restart_with_one_create_each(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     home = tmp_path / "home"
-    # Predictions of about two seconds, so every stop finds some running upstream.
-    monkeypatch.setenv("FAIRWAY_EMULATOR_TIME_SCALE", "4")
+    # Predictions of about four seconds, log-normally spread: a stop finds some finished and
+    # some running upstream.
+    monkeypatch.setenv("FAIRWAY_EMULATOR_TIME_SCALE", "2")
     monkeypatch.setenv("FAIRWAY_PREDICTOR_GRACE", "1")
     monkeypatch.setenv("FAIRWAY_POLL_MAX_SECONDS", "0.5")
     proc, ports = _start(home)
@@ -62,22 +66,21 @@ def test_items_in_flight_at_ctrl_c_finish_after_a_restart_with_one_create_each(
             created = admin.post("/v1/tenants", json={"id": "restarts", "credits": 1000})
             assert created.status_code == 201, created.text
             key = created.json()["api_key"]
-        client = httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        for body in (
-            {"provider": "replicate", "model": "google/nano-banana",
-             "items": [{"ref": f"img-{i}", "input": {"prompt": f"restart {i}"}} for i in range(REPLICATE_ITEMS)]},
-            {"provider": "openai", "model": "gpt-4o-mini",
-             "items": [{"ref": f"post-{i}", "input": {"messages": [{"role": "user", "content": f"post {i}"}],
-                                                      "max_tokens": 50}} for i in range(OPENAI_ITEMS)]},
-        ):
-            assert client.post("/v1/jobs", json=body).status_code == 201
-        client.close()
+        chats = {"provider": "openai", "model": "gpt-4o-mini",
+                 "items": [{"ref": f"post-{i}", "input": {"messages": [{"role": "user", "content": f"post {i}"}],
+                                                          "max_tokens": 50}} for i in range(OPENAI_ITEMS)]}
+        with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            assert client.post("/v1/jobs", json=chats).status_code == 201
 
         for run in range(RESTARTS):
-            # Stop while the Replicate job is part done: some predictions finished, others running.
-            wanted = (run + 1) * REPLICATE_ITEMS // (RESTARTS + 2)
-            wait_until(partial(_part_done, gateway, key, wanted), f"run {run}: the Replicate job part done",
-                       timeout_s=60)
+            images = {"provider": "replicate", "model": "google/nano-banana",
+                      "items": [{"ref": f"img-{run}-{i}", "input": {"prompt": f"restart {run} {i}"}}
+                                for i in range(REPLICATE_ITEMS)]}
+            with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+                reply = client.post("/v1/jobs", json=images)
+                assert reply.status_code == 201, reply.text
+            wait_until(partial(_part_done, gateway, key, reply.json()["id"]),
+                       f"run {run}: the Replicate job part done", timeout_s=60)
             _stop(proc)
             proc, ports = _start(home)
             _read_until(proc, "Ctrl-C stops everything")
@@ -85,15 +88,27 @@ def test_items_in_flight_at_ctrl_c_finish_after_a_restart_with_one_create_each(
 
         with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
             jobs = [wait_terminal(client, job["id"]) for job in _jobs(client)]
+            credits = client.get("/v1/tenants/me").json()["credits"]
+        assert len(jobs) == 1 + RESTARTS
         for job in jobs:
             assert job["status"] == "DONE", job
             assert job["counts"]["DONE"] == job["items_total"]
         stats = httpx.get(f"http://127.0.0.1:{ports['EMULATOR']}/_emulator/stats", timeout=10).json()
         creates = stats["keys"]["r8_emulated"]["replicate.create"]
         # One prediction paid for per item, across every run of the provider.
-        assert creates["accepted"] - creates.get("faults", 0) == REPLICATE_ITEMS
-        with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
-            assert client.get("/v1/tenants/me").json()["credits"] == 1000 - REPLICATE_ITEMS - OPENAI_ITEMS
+        assert creates["accepted"] - creates.get("faults", 0) == RESTARTS * REPLICATE_ITEMS
+        assert credits == 1000 - RESTARTS * REPLICATE_ITEMS - OPENAI_ITEMS
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill_tree(proc)
+
+
+def _kill_tree(proc: subprocess.Popen[str]) -> None:
+    """After a failure: `fairway up`'s children run in sessions of their own, so kill them too."""
+    if proc.poll() is not None:
+        return
+    with suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with suppress(psutil.NoSuchProcess):
+                child.kill()
+    proc.kill()
+    proc.wait()
