@@ -5,7 +5,7 @@ UV ?= uv
 PY := .venv/bin/python
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: setup run test bench protos lint typecheck clean
+.PHONY: setup run test bench bench-e2e protos lint typecheck clean
 
 setup:
 	$(UV) sync --frozen
@@ -27,6 +27,9 @@ test: setup
 
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
+
+bench-e2e: setup
+	$(PY) -m bench e2e_bench
 
 lint:
 	.venv/bin/ruff check services tests bench

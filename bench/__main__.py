@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODULES = ("emulator_load", "ratelimiter_bench", "scheduler_bench", "predictor_bench")
+MODULES = ("emulator_load", "ratelimiter_bench", "scheduler_bench", "predictor_bench", "e2e_bench")
 
 
 def main(argv: list[str]) -> int:

@@ -35,6 +35,7 @@ from bench.report import spread_ms, write_section
 from bench.scheduler_data import LANE, add_backlog, add_tenants, drop_db, fresh_db, index_from_db
 from bench.scheduler_report import plot, report
 from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
+from services.common.supervision import Supervisor
 from services.scheduler.claims import claim
 from services.scheduler.counts import CountFolder
 from services.scheduler.events import JobSignals
@@ -55,7 +56,8 @@ async def fairway_throughput(dsn: str, items: int, batch: int, workers: int, ten
     expected = items // tenants * tenants
     done = 0
     # Each worker stands for a scheduler replica, with its own folder of completion counts.
-    folders = [CountFolder(pool, JobSignals(pool, f"w{k}")) for k in range(workers)]
+    signals = [JobSignals(pool, f"w{k}") for k in range(workers)]
+    folders = [CountFolder(pool, signals[k]) for k in range(workers)]
 
     async def worker(k: int) -> None:
         nonlocal done
@@ -83,11 +85,12 @@ async def fairway_throughput(dsn: str, items: int, batch: int, workers: int, ten
             done += len(rows)
 
     started = time.perf_counter()
-    for folder in folders:
-        folder.start()
+    supervisor = Supervisor()
+    for k in range(workers):
+        signals[k].start(supervisor)
+        folders[k].start(supervisor)
     await asyncio.gather(*(worker(k) for k in range(workers)))
-    for folder in folders:
-        await folder.stop()
+    await supervisor.stop()
     await folders[0].fold()  # the clock stops when every job is counted and finished
     elapsed = time.perf_counter() - started
     unfinished = await pool.fetchval("SELECT count(*) FROM jobs WHERE finished_at IS NULL")
