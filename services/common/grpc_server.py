@@ -44,20 +44,58 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 
 
 class HealthState:
-    """The standard health service, plus the names it reports on."""
+    """The standard health service, plus the names it reports on.
+
+    SERVING when the process says so (`set`: it started, its dependency answers) and no part
+    of it is failing (`set_part`: a background loop that keeps failing, see
+    services/common/supervision.py); NOT_SERVING for good once it drains.
+    """
 
     def __init__(self, servicer: health.aio.HealthServicer, names: Sequence[str]) -> None:
         self.servicer = servicer
         self.names = ["", *names]
+        self._serving = True  # the servicer's own default for "", until `serve` says
+        self._failing: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    @property
+    def serving(self) -> bool:
+        return self._serving and not self._failing
+
+    @property
+    def failing(self) -> frozenset[str]:
+        return frozenset(self._failing)
 
     async def set(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in self.names:
-            await self.servicer.set(name, status)
+        self._serving = serving
+        await self._publish()
+
+    async def set_part(self, part: str, ok: bool) -> None:
+        """A part of the process works (`ok`) or not; any part that does not makes it NOT_SERVING."""
+        if ok == (part not in self._failing):
+            return
+        if ok:
+            self._failing.discard(part)
+        else:
+            self._failing.add(part)
+        log.warning("%s %s: %s", part, "works again" if ok else "is failing",
+                    "SERVING" if self.serving else f"NOT_SERVING ({', '.join(sorted(self._failing)) or 'stopped'})")
+        await self._publish()
+
+    async def drain(self) -> None:
+        """NOT_SERVING from now on, whatever a part or a probe says afterwards."""
+        await self.servicer.enter_graceful_shutdown()
+
+    async def _publish(self) -> None:
+        # One publication at a time: two interleaved could leave names with different statuses.
+        async with self._lock:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if self.serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in self.names:
+                await self.servicer.set(name, status)
 
 
 def create_server(
@@ -109,7 +147,7 @@ async def serve(
     log.info("serving gRPC")
     await stop.wait()
     log.info("stopping: draining for up to %.1fs", grace_s)
-    await health_state.set(serving=False)
+    await health_state.drain()
     await server.stop(grace_s)
     if on_stop is not None:
         await on_stop()
