@@ -34,6 +34,9 @@ class SchedulerConfig(BaseSettings):
     # a sweep this often.
     fold_delay_seconds: float = Field(default=0.1, ge=0, validation_alias="FAIRWAY_FOLD_DELAY_SECONDS")
     fold_sweep_seconds: float = Field(default=1.0, gt=0, validation_alias="FAIRWAY_FOLD_SWEEP_SECONDS")
+    # A background loop (dispatch, resync, folds, the notification listener...) failing for this
+    # long turns the process NOT_SERVING until it works again (docs/design/scheduler.md).
+    unhealthy_after_s: float = Field(default=30.0, gt=0, validation_alias="FAIRWAY_SCHEDULER_UNHEALTHY_AFTER_S")
     # Credits reserved per item when a tenant's billing is on.
     item_cost: int = Field(default=1, ge=0, validation_alias="FAIRWAY_ITEM_COST")
     grace_seconds: float = Field(

@@ -1,6 +1,6 @@
 """Completions into the counters: `count_moves` folded into jobs and queue_counts.
 
-    folder = CountFolder(pool, signals); folder.start()
+    folder = CountFolder(pool, signals); folder.start(supervisor)
     folder.wake()          # completions committed moves: fold them soon
     await folder.fold()    # fold what there is now (cancel, tests)
 
@@ -18,11 +18,9 @@ import contextlib
 
 import asyncpg
 
-from services.common.logging import get_logger
+from services.common.supervision import BackgroundTask, Supervisor
 from services.scheduler.events import JobSignals
 from services.scheduler.sql import QUERIES
-
-log = get_logger(__name__)
 
 FOLD_BATCH = 10_000
 # A fold is a transaction of its own: after a wake-up, the completions of `delay` seconds go
@@ -41,15 +39,14 @@ class CountFolder:
         self._delay = delay
         self._sweep = sweep
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: BackgroundTask | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="count-folder")
+    def start(self, supervisor: Supervisor) -> None:
+        self._task = supervisor.loop("count-folder", self.fold, wait=self._due)
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await self._task.stop()
 
     def wake(self) -> None:
         self._wake.set()
@@ -66,13 +63,9 @@ class CountFolder:
             if row["folded"] < FOLD_BATCH:
                 return total
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._sweep)
-                await asyncio.sleep(self._delay)
-            self._wake.clear()
-            try:
-                await self.fold()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("counts not folded (next try within %.0f s): %s", self._sweep, exc)
+    async def _due(self) -> None:
+        """Completions woke the folder `delay` ago, or the sweep's time came."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self._sweep)
+            await asyncio.sleep(self._delay)
+        self._wake.clear()

@@ -27,6 +27,7 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.common.limits import lane_scope
 from services.common.logging import get_logger
+from services.common.supervision import Supervisor
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.errors import BudgetUnavailable, RateLimiterError
 from services.scheduler.claims import claim, short_of_room, stripes_left
@@ -80,27 +81,25 @@ class Dispatcher:
         self.processing: dict[str, int] = defaultdict(int)
         self.rates = rates
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._resync_task: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()  # catch-up resyncs, policy reloads
+        self._catch_up = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()  # policy reloads
         self._resync_lock = asyncio.Lock()
         self._arrived: list[tuple[str, str, int, int]] | None = None  # adds heard during a resync
         self.on_hand_back: Callable[[list[pb.LeaseRef]], Awaitable[None]] | None = None
 
     # ---- lifecycle ----
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor) -> None:
         await self.resync()
-        self._task = asyncio.create_task(self._run(), name="dispatch")
-        self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
-        self.rates.start()
+        supervisor.loop("dispatch", self._dispatch_round, wait=self._wait_for_work)
+        supervisor.loop("resync", self.resync, wait=self._resync_due)
+        self.rates.start(supervisor)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, self._resync_task, *self._background) if t is not None]
-        for task in tasks:
+        """End the policy reloads in flight (the loops end with their supervisor)."""
+        for task in self._background:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.rates.stop()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     async def resync(self) -> None:
         """Rebuild the index from the counters and the leases: O(lanes x tenants + items in
@@ -138,20 +137,14 @@ class Dispatcher:
                 self._bound[name] = max([sampled, *heard])
         self.wake()
 
-    async def _resync_forever(self) -> None:
-        while True:
-            await asyncio.sleep(RESYNC_SECONDS)
-            await self._resync_logged()
-
-    async def _resync_logged(self) -> None:
-        try:
-            await self.resync()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("backlog resync failed: %s", exc)
+    async def _resync_due(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._catch_up.wait(), RESYNC_SECONDS)
+        self._catch_up.clear()
 
     def catch_up(self) -> None:
         """Notices may have been lost (the notification connection was down): resync now."""
-        self._in_background(self._resync_logged())
+        self._catch_up.set()
 
     # ---- signals from the rest of the scheduler ----
 
@@ -207,7 +200,7 @@ class Dispatcher:
     def _refreshed(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             # The periodic resync reloads every policy; until then the old one applies.
-            log.warning("tenant policy reload failed: %s", task.exception())
+            log.warning("tenant policy reload failed", exc_info=task.exception())
         self.wake()
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -219,24 +212,29 @@ class Dispatcher:
 
     # ---- the dispatch loop ----
 
-    async def _run(self) -> None:
-        while True:
-            # An event wakes the loop, or the moment the first lane waiting for budget may
-            # go again. A deadline, not a timer per wait: a timer that fires a moment early
-            # (uvloop's are in whole milliseconds) would find the lane still waiting, and
-            # nothing would wake the loop again.
+    async def _wait_for_work(self) -> None:
+        # An event wakes the loop, or the moment the first lane waiting for budget may go
+        # again. A deadline, not a timer per wait: a timer that fires a moment early (uvloop's
+        # are in whole milliseconds) would find the lane still waiting, and nothing would wake
+        # the loop again.
+        if not self._wake.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._until_budget())
-            self._wake.clear()
-            try:
-                while await self._round():
-                    pass
-            except (OSError, asyncpg.PostgresError, BudgetUnavailable) as exc:
-                log.warning("dispatch paused: %s", exc)
-                retry = getattr(exc, "retry_after_s", 0.0) or 0.5
-                if isinstance(exc, asyncpg.DeadlockDetectedError):
-                    retry = 0.0  # two statements crossed; the retry will not meet the same one
-                asyncio.get_running_loop().call_later(retry, self.wake)
+        self._wake.clear()
+
+    async def _dispatch_round(self) -> None:
+        """One round, again at once if it moved anything (a round per step: the supervisor
+        counts each as a success). Any failure but the ratelimiter's goes to the supervisor,
+        which runs the round again after a backoff (items claimed and not handed out
+        meanwhile come back when their lease expires)."""
+        try:
+            if await self._round():
+                self.wake()
+        except BudgetUnavailable as exc:
+            # A wait for budget, not a failure of ours: the ratelimiter's own health says it
+            # is away, and a scheduler turning NOT_SERVING would stop submits as well.
+            log.warning("dispatch paused: %s", exc)
+            asyncio.get_running_loop().call_later(exc.retry_after_s or 0.5, self.wake)
 
     def _until_budget(self) -> float | None:
         """Seconds until the first lane with backlog that waits for budget may go again (0 if

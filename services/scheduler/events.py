@@ -19,11 +19,9 @@ from collections.abc import AsyncIterator, Iterable
 import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
-from services.common.logging import get_logger
+from services.common.supervision import Supervisor
 from services.scheduler.jobs import Jobs, parse_id, render_item
 from services.scheduler.sql import QUERIES
-
-log = get_logger(__name__)
 
 SAFETY_SECONDS = 5.0
 JOB_EVENT_SECONDS = 1.0
@@ -42,8 +40,8 @@ class JobSignals:
     """Wakes the watchers of a job when it changed, on this replica or on another.
 
     `touch` wakes local watchers at once and announces the change to the other replicas in
-    the background (off the caller's path, coalescing what changed meanwhile); `heard` is
-    the other end, subscribed to `fairway_jobs`.
+    the background (off the caller's path, coalescing what changed meanwhile: the loop
+    `start` runs); `heard` is the other end, subscribed to `fairway_jobs`.
     """
 
     def __init__(self, pool: asyncpg.Pool, replica: str) -> None:
@@ -51,7 +49,10 @@ class JobSignals:
         self._replica = replica
         self._events: dict[str, set[asyncio.Event]] = {}
         self._unannounced: set[str] = set()
-        self._announcer: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    def start(self, supervisor: Supervisor) -> None:
+        supervisor.loop("job-announcer", self._announce, wait=self._changed.wait)
 
     def touch(self, job_ids: Iterable[str]) -> None:
         changed = set(job_ids)
@@ -59,8 +60,7 @@ class JobSignals:
         if not changed:
             return
         self._unannounced |= changed
-        if self._announcer is None or self._announcer.done():
-            self._announcer = asyncio.get_running_loop().create_task(self._announce())
+        self._changed.set()
 
     def heard(self, payload: str) -> None:
         replica, _, ids = payload.partition("|")
@@ -89,15 +89,18 @@ class JobSignals:
                 event.set()
 
     async def _announce(self) -> None:
-        while self._unannounced:
-            ids, self._unannounced = sorted(self._unannounced), set()
-            try:
-                for start in range(0, len(ids), _IDS_PER_NOTICE):
-                    chunk = ",".join(ids[start:start + _IDS_PER_NOTICE])
-                    await self._pool.execute(QUERIES["notify_job_changes"], f"{self._replica}|{chunk}")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                # Watchers elsewhere read again within SAFETY_SECONDS.
-                log.warning("job changes not announced: %s", exc)
+        """What changed until now; what changes meanwhile sets `_changed` again."""
+        self._changed.clear()
+        ids, self._unannounced = sorted(self._unannounced), set()
+        try:
+            for start in range(0, len(ids), _IDS_PER_NOTICE):
+                chunk = ",".join(ids[start:start + _IDS_PER_NOTICE])
+                await self._pool.execute(QUERIES["notify_job_changes"], f"{self._replica}|{chunk}")
+        except Exception:
+            # Announced again when the supervisor retries, with what changed meanwhile (a
+            # chunk sent twice only wakes watchers twice).
+            self._unannounced |= set(ids)
+            raise
 
 
 class _Cursor:

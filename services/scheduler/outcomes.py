@@ -15,6 +15,7 @@ import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.common.logging import get_logger
+from services.common.supervision import Supervisor
 from services.scheduler.batching import GroupCommit
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.counts import CountFolder
@@ -42,17 +43,11 @@ class Outcomes:
         self.counts = CountFolder(pool, signals, delay=config.fold_delay_seconds, sweep=config.fold_sweep_seconds)
         self._completions = GroupCommit(self._flush_completions, max_batch=500)
         self._failures = GroupCommit(self._flush_failures, max_batch=500)
-        self._reaper: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor) -> None:
         self._dispatcher.on_hand_back = self.hand_back
-        self._reaper = asyncio.create_task(self._reap_forever(), name="lease-reaper")
-        self.counts.start()
-
-    async def stop(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-        await self.counts.stop()
+        supervisor.loop("lease-reaper", self._reap, wait=self._reap_due)
+        self.counts.start(supervisor)
 
     # ---- completion ----
 
@@ -154,15 +149,12 @@ class Outcomes:
         )
         return len(rows)
 
-    async def _reap_forever(self) -> None:
-        period = max(0.1, self._config.lease_seconds / 3)
-        while True:
-            await asyncio.sleep(period)
-            try:
-                while await self.reap_expired() >= 1000:
-                    pass
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("lease reaper: %s", exc)
+    async def _reap_due(self) -> None:
+        await asyncio.sleep(max(0.1, self._config.lease_seconds / 3))
+
+    async def _reap(self) -> None:
+        while await self.reap_expired() >= 1000:
+            pass
 
     # ---- cancel and upstream results ----
 

@@ -5,7 +5,7 @@ O(60), and a key that dispatches a million items a minute costs the same 60 inte
 that dispatches one. `DispatchRates` publishes a replica's counts every few seconds, so that
 the statistics of any replica count every replica's dispatches.
 
-    rates = DispatchRates(pool, "replica-a"); rates.start()
+    rates = DispatchRates(pool, "replica-a"); rates.start(supervisor)
     rates.add("store-a", 32)
     await rates.everywhere()         # {"store-a": 32 + what the other replicas published}
 """
@@ -18,10 +18,8 @@ from collections.abc import Callable
 
 import asyncpg
 
-from services.common.logging import get_logger
+from services.common.supervision import Supervisor
 from services.scheduler.sql import QUERIES
-
-log = get_logger(__name__)
 
 _BUCKETS = 60
 # A replica publishes its counts this often; another's count is trusted for twice as long
@@ -66,18 +64,15 @@ class DispatchRates:
         self._replica = replica
         self._publish_s = publish_s
         self._published = False  # the last publication had rows: an idle one must clear them
-        self._task: asyncio.Task[None] | None = None
 
     def add(self, tenant: str, n: int) -> None:
         self.recent.add(tenant, n)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dispatch-rates")
+    def start(self, supervisor: Supervisor) -> None:
+        supervisor.loop("dispatch-rates", self.publish, wait=self._due)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    async def _due(self) -> None:
+        await asyncio.sleep(self._publish_s)
 
     async def publish(self) -> None:
         """This replica's counts, for the others' statistics (nothing when idle twice)."""
@@ -94,11 +89,3 @@ class DispatchRates:
         for row in await self._pool.fetch(QUERIES["dispatch_rates_elsewhere"], self._replica, 2 * self._publish_s):
             counts[row["tenant_id"]] = counts.get(row["tenant_id"], 0) + int(row["n"])
         return counts
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._publish_s)
-            try:
-                await self.publish()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("dispatch counts not published: %s", exc)

@@ -17,6 +17,7 @@ from services.common.errors import FairwayError
 from services.common.grpc_errors import ErrorMapping
 from services.common.grpc_server import HealthState, create_server
 from services.common.limits import Limits
+from services.common.supervision import Supervisor
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.errors import BudgetUnavailable
 from services.scheduler.config import SchedulerConfig
@@ -46,10 +47,11 @@ def _translate(exc: Exception) -> FairwayError | None:
         # asyncpg cannot send (its InterfaceError that is also a ValueError): the request's,
         # since every value the scheduler makes itself fits its column.
         return InvalidRequest(f"a value in the request cannot be stored: {exc}")
-    if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                        asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-                        asyncpg.OperatorInterventionError)):
+    if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                        asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                        asyncpg.TooManyConnectionsError, asyncpg.OperatorInterventionError)):
         # OperatorInterventionError: the server shut down, crashed or canceled the statement.
+        # InternalClientError: a connection cut mid-statement (a restart); the pool replaces it.
         return DependencyDown("the database is not reachable; retry shortly", retry_after_s=1.0)
     if isinstance(exc, BudgetUnavailable):
         return DependencyDown("the ratelimiter is not reachable; retry shortly", retry_after_s=1.0)
@@ -66,9 +68,10 @@ class SchedulerApp:
     outcomes: Outcomes
     budgets: BudgetClient
     notices: Notices
+    supervisor: Supervisor
 
     async def close(self) -> None:
-        await self.outcomes.stop()
+        await self.supervisor.stop()
         await self.dispatcher.stop()
         await self.notices.stop()
         await self.budgets.close()
@@ -76,7 +79,8 @@ class SchedulerApp:
 
 
 async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
-    """Migrate the database, load the dispatch state, and build the (unstarted) server."""
+    """Migrate the database, load the dispatch state, start the background loops under one
+    supervisor whose verdict is the server's health, and build the (unstarted) server."""
     conn = await asyncpg.connect(config.database_url)
     try:
         await migrate(conn)
@@ -99,10 +103,6 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
     notices.subscribe("fairway_jobs", signals.heard)
     notices.on_reconnect(dispatcher.catch_up)
     notices.on_reconnect(signals.wake_all)
-    # Listening before the index is loaded: a submit is either in the load or heard.
-    await notices.start()
-    await dispatcher.start()
-    outcomes.start()
     server, port, health = create_server(
         [
             (scheduler_pb2_grpc.add_SchedulerServicer_to_server,
@@ -113,4 +113,15 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
         address=config.address,
         interceptors=[ErrorMapping(_translate)],
     )
-    return SchedulerApp(server, port, health, pool, dispatcher, outcomes, budgets, notices)
+    supervisor = Supervisor(health.set_part, unhealthy_after_s=config.unhealthy_after_s)
+    app = SchedulerApp(server, port, health, pool, dispatcher, outcomes, budgets, notices, supervisor)
+    try:
+        signals.start(supervisor)
+        # Listening before the index is loaded: a submit is either in the load or heard.
+        await notices.start(supervisor)
+        await dispatcher.start(supervisor)
+        outcomes.start(supervisor)
+    except BaseException:
+        await app.close()
+        raise
+    return app

@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
@@ -53,8 +56,54 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     lock, cursor or SET; the pool rolls back a transaction left open either way)."""
 
 
+class _Connection(asyncpg.Connection):  # type: ignore[misc]
+    """A pool connection that ends itself when asyncpg's side of it broke.
+
+    asyncpg raises InterfaceError or InternalClientError when its state of the protocol no
+    longer matches the server's: a statement cut by a database restart (the server's FATAL
+    read before its end of stream) is followed by "cannot switch to state 12; another
+    operation is in progress". The pool replaces a released connection only if asyncpg has
+    seen it close, and releases are not reset here (`_keep_session`), so such a connection
+    could go back to the pool and fail what comes next. Terminated, it is opened afresh at
+    the next acquire. (An InterfaceError that is also a ValueError is a value the statement
+    could not send: the connection is fine.)
+    """
+
+    @contextlib.contextmanager
+    def _ended_if_broken(self) -> Iterator[None]:
+        try:
+            yield
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+            if not isinstance(exc, ValueError):
+                self.terminate()
+            raise
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        with self._ended_if_broken():
+            return await super().execute(*args, **kwargs)
+
+    async def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        with self._ended_if_broken():
+            return await super().executemany(*args, **kwargs)
+
+    async def fetch(self, *args: Any, **kwargs: Any) -> Any:
+        with self._ended_if_broken():
+            return await super().fetch(*args, **kwargs)
+
+    async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
+        with self._ended_if_broken():
+            return await super().fetchval(*args, **kwargs)
+
+    async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
+        with self._ended_if_broken():
+            return await super().fetchrow(*args, **kwargs)
+
+
 async def create_pool(database_url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
     """The scheduler's connection pool. A released connection is not reset: asyncpg's reset
-    query (`RESET ALL; UNLISTEN *; ...`) is one more round trip for every statement."""
+    query (`RESET ALL; UNLISTEN *; ...`) is one more round trip for every statement. A
+    connection the database dropped (a restart) is opened again at its next acquire; one
+    whose protocol state broke ends itself (`_Connection`)."""
     return await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size,
-                                     server_settings=SERVER_SETTINGS, reset=_keep_session)
+                                     server_settings=SERVER_SETTINGS, reset=_keep_session,
+                                     connection_class=_Connection)

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
-from services.scheduler import claims, events
+from services.scheduler import claims, dispatcher, events
 from services.scheduler.fairness import LaneShares
 from services.scheduler.rates import RecentCounts
 from services.scheduler.server import SchedulerApp
@@ -175,18 +175,30 @@ async def test_a_submit_heard_during_a_resync_is_not_lost(
     assert dispatch.lanes[LANE].backlog("late") == 3
 
 
-async def test_stop_ends_every_catch_up_resync(scheduler: SchedulerApp) -> None:
-    # Several reconnects of the notice connection in a row: their catch-up resyncs queue
-    # behind the one running (here: behind the held lock). Stopping must end them all.
-    d = scheduler.dispatcher
-    async with d._resync_lock:
-        d.catch_up()
-        d.catch_up()
-        catching_up = [t for t in asyncio.all_tasks()
-                       if getattr(t.get_coro(), "__qualname__", "") == "Dispatcher._resync_logged"]
-        assert len(catching_up) == 2
-        await d.stop()
-        assert all(t.done() for t in catching_up)
+async def test_a_catch_up_resyncs_at_once_in_the_resync_loop(
+    start_scheduler: StartScheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reconnect of the notice connection asks for a resync now, not at the next period:
+    # the resync loop runs it (no task of its own that stopping could leave behind).
+    monkeypatch.setattr(dispatcher, "RESYNC_SECONDS", 3600.0)
+    resynced = asyncio.Event()
+    resync = dispatcher.Dispatcher.resync
+
+    async def noted(self: dispatcher.Dispatcher) -> None:
+        await resync(self)
+        resynced.set()
+
+    monkeypatch.setattr(dispatcher.Dispatcher, "resync", noted)
+    app = await start_scheduler()
+    d = app.dispatcher
+    d.lanes.setdefault(LANE, LaneShares()).set_backlog("ghost", 5)  # no predictor: nothing claims it
+    resynced.clear()
+    d.catch_up()
+    d.catch_up()
+    async with asyncio.timeout(5):
+        await resynced.wait()
+    assert d.lanes[LANE].backlog("ghost") == 0
+    assert {t.name for t in app.supervisor.tasks} >= {"resync", "dispatch", "notices"}
 
 
 async def test_claims_serve_a_job_side_by_side_from_its_stripes(
