@@ -34,6 +34,9 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Per call across every address the target resolves to (a list `ipv4:a:1,b:2`, or a
+    # headless Service's `dns:///…`), not every call to the first replica's connection.
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 # A server refuses pings more frequent than this (default 5 min) and, after two, ends the
 # connection with GOAWAY too_many_pings: allow the clients' keepalive above.
