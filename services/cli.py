@@ -1,4 +1,5 @@
-"""The `fairway` command: `fairway up` (whole stack) and `fairway run SERVICE` (one service)."""
+"""The `fairway` command: `fairway up` (whole stack), `fairway run SERVICE` (one service) and
+`fairway migrate` (the database schema, before a rollout)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="run the whole stack in the foreground, with embedded defaults")
     run = sub.add_parser("run", help="run one service, configured from the environment")
     run.add_argument("service", choices=SERVICES)
+    sub.add_parser("migrate", help="apply the scheduler's database migrations (DATABASE_URL), then exit")
     args = parser.parse_args(argv)
+    if args.command == "migrate":
+        from services.scheduler.main import migrate_main
+
+        return migrate_main()
     if args.command == "run":
         module = importlib.import_module(f"services.{args.service}.main")
         return int(module.main() or 0)

@@ -64,7 +64,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
 }
 # Settings the manifests set that the services do not read yet: being added (docs/operations.md,
 # "What the services must add"). Until then they are ignored (every settings class ignores extras).
-PENDING_SETTINGS = {"FAIRWAY_SERVICE_TOKEN", "FAIRWAY_ACCEPTED_TOKENS", "FAIRWAY_SCHEDULER_MIGRATE"}
+PENDING_SETTINGS = {"FAIRWAY_SERVICE_TOKEN", "FAIRWAY_ACCEPTED_TOKENS"}
 # Read outside the settings classes: services/common/logging.py.
 COMMON_SETTINGS = {"FAIRWAY_LOG_LEVEL"}
 

@@ -16,6 +16,9 @@ class SchedulerConfig(BaseSettings):
     port: int = Field(default=50051, ge=0, validation_alias="FAIRWAY_SCHEDULER_PORT")
     metrics_port: int = Field(default=9101, ge=0, validation_alias="FAIRWAY_SCHEDULER_METRICS_PORT")
     ratelimiter_addr: str = Field(default="127.0.0.1:50052", validation_alias="FAIRWAY_RATELIMITER_ADDR")
+    # Apply the database migrations at start (fairway up, a single replica). In Kubernetes a
+    # Job runs `fairway migrate` before the rollout and the replicas only check the schema.
+    migrate: bool = Field(default=True, validation_alias="FAIRWAY_SCHEDULER_MIGRATE")
     # The upstream limits file: how each provider counts an item's tokens, and the most a call may count.
     limits_path: str | None = Field(default=None, validation_alias="FAIRWAY_LIMITS")
     admin_key: str = Field(default="", validation_alias="FAIRWAY_ADMIN_KEY")

@@ -34,7 +34,7 @@ from services.scheduler.claims import claim, short_of_room, stripes_left
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.events import JobSignals
 from services.scheduler.fairness import LaneShares
-from services.scheduler.metrics import DISPATCH_SECONDS, DISPATCHED, GRANT_WAITS
+from services.scheduler.metrics import DISPATCH_SECONDS, DISPATCHED, GRANT_WAITS, export_lane_items
 from services.scheduler.rates import DispatchRates
 from services.scheduler.sql import QUERIES
 from services.scheduler.tenants import TenantDirectory
@@ -114,6 +114,7 @@ class Dispatcher:
                 await self._tenants.load()
             finally:
                 arrived, self._arrived = self._arrived, None
+            export_lane_items(rows)
             backlog: dict[str, dict[str, int]] = defaultdict(dict)
             processing: dict[str, int] = defaultdict(int)
             for row in rows:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
 
 DISPATCHED = Counter("fairway_scheduler_dispatched_total", "Items handed to predictors", ["lane"])
 GRANT_WAITS = Counter(
@@ -14,3 +18,22 @@ DISPATCH_SECONDS = Histogram(
 )
 OUTCOMES = Counter("fairway_scheduler_outcomes_total", "Item outcomes recorded", ["outcome"])
 SUBMITTED = Counter("fairway_scheduler_items_submitted_total", "Items accepted at submit")
+TENANT_DISPATCHED = Counter(
+    "fairway_scheduler_tenant_dispatched_total", "Items handed to predictors, per tenant", ["tenant"]
+)
+# The whole queue as the database counts it, the same on every replica (each reads all of
+# `queue_counts` at its resync): aggregate replicas with max, not sum.
+LANE_ITEMS = Gauge(
+    "fairway_scheduler_lane_items", "Items of a lane queued or in flight (as of the last resync, every 5 s)",
+    ["lane", "state"],
+)
+
+
+def export_lane_items(rows: Iterable[Mapping[str, Any]]) -> None:
+    """Set the lane gauges from `queue_counts` rows (lane, tenant, pending, processing)."""
+    totals: dict[tuple[str, str], int] = defaultdict(int)
+    for row in rows:
+        totals[(row["lane"], "queued")] += row["pending"]
+        totals[(row["lane"], "processing")] += row["processing"]
+    for (lane, state), n in totals.items():
+        LANE_ITEMS.labels(lane, state).set(n)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import asyncpg
 
 from services.common.supervision import Supervisor
+from services.scheduler.metrics import TENANT_DISPATCHED
 from services.scheduler.sql import QUERIES
 
 _BUCKETS = 60
@@ -67,6 +68,7 @@ class DispatchRates:
 
     def add(self, tenant: str, n: int) -> None:
         self.recent.add(tenant, n)
+        TENANT_DISPATCHED.labels(tenant).inc(n)
 
     def start(self, supervisor: Supervisor) -> None:
         supervisor.loop("dispatch-rates", self.publish, wait=self._due)

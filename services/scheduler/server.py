@@ -13,7 +13,7 @@ import asyncpg
 import grpc
 from fairway.scheduler.v1 import scheduler_pb2_grpc
 
-from services.common.errors import FairwayError
+from services.common.errors import ConfigError, FairwayError
 from services.common.grpc_errors import ErrorMapping
 from services.common.grpc_server import HealthState, create_server
 from services.common.limits import Limits
@@ -26,7 +26,7 @@ from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.errors import DependencyDown, InvalidRequest
 from services.scheduler.events import JobSignals
 from services.scheduler.jobs import Jobs
-from services.scheduler.migrations import migrate
+from services.scheduler.migrations import migrate, pending
 from services.scheduler.notices import Notices
 from services.scheduler.outcomes import Outcomes
 from services.scheduler.rates import DispatchRates
@@ -83,7 +83,12 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
     supervisor whose verdict is the server's health, and build the (unstarted) server."""
     conn = await asyncpg.connect(config.database_url)
     try:
-        await migrate(conn)
+        if config.migrate:
+            await migrate(conn)
+        elif missing := await pending(conn):
+            raise ConfigError(
+                f"the database lacks migrations {missing}: run `fairway migrate` first (the migrations Job)"
+            )
     finally:
         await conn.close()
     pool = await create_pool(config.database_url, min_size=config.db_pool_min, max_size=config.db_pool_max)
