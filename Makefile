@@ -1,13 +1,17 @@
 # Fairway — make setup | run | test | bench | protos | lint
 SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
-UV ?= uv
+PYTHON ?= python3
+# uv on PATH, else the one `make setup` installs with pip (a machine with only Python and make).
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 PY := .venv/bin/python
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
 .PHONY: setup run test bench bench-e2e protos lint typecheck clean
 
 setup:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv \
+		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check --user uv
 	$(UV) sync --frozen --extra local
 	@# gen/ is committed; generate it only when absent (tests/test_protos.py checks it matches protos/).
 	@test -f gen/fairway/scheduler/v1/scheduler_pb2.py || $(MAKE) --no-print-directory protos
