@@ -33,9 +33,9 @@ from tests.support.processes import ServiceProcess
 DOWN_S = (0.0, 1.5, 0.5)  # how long the server stays down, restart by restart
 RESUME_WITHIN_S = 5.0
 CAPPED = "store-capped"
-# tenant -> (weight, max_concurrency, items): about 25 s of work for two predictors of 8 slots
+# tenant -> (weight, max_concurrency, items): about 20 s of work for two predictors of 8 slots
 # at time scale 10; the capped tenant's claims run in a transaction of their own.
-TENANTS = {"store-a": (1, None, 120), "store-b": (2, None, 120), CAPPED: (1, 4, 60)}
+TENANTS = {"store-a": (1, None, 90), "store-b": (2, None, 90), CAPPED: (1, 4, 60)}
 # Claims whose answer a restart cut are leased but never handed out: they come back when their
 # lease expires. Short leases bring them back within the run.
 SCHEDULER = {"FAIRWAY_LEASE_SECONDS": "6"}
