@@ -4,7 +4,8 @@
 and one Redis, with the emulator as both providers and FAIRWAY_RESTART=always. Every
 KILL_INTERVAL_S one process of each service is killed with SIGKILL (a different replica each
 round) and the stand-in restarts it, while three tenants with credits submit Replicate and
-OpenAI jobs through whichever gateway answers. At the end every item is DONE once, each
+OpenAI jobs through whichever gateway answers, and the emulator answers some calls 500 or cuts
+their connection. At the end every item is DONE once, each
 Replicate item was created once upstream, no call was answered 429 (the ratelimiter plans the
 emulator's limits: one FAIRWAY_LIMITS file for both), each DONE item was charged once and every
 tenant's ledger adds up to its balance.
@@ -56,6 +57,7 @@ KILL_AFTER_S = 8.0
 PER_TENANT = ROUNDS * (2 * ITEMS + LATE_ITEMS)
 REPLICATE_ITEMS = ROUNDS * len(TENANTS) * ITEMS
 CREDITS = PER_TENANT + 50
+FAULT_RATE = 0.03  # of each kind, per request to the emulator
 RETRY_PAUSE_S = 0.2  # between tries of a request no gateway answered
 FINISH_S = 150.0  # for every job to finish after the last round
 POLL_S = 0.5
@@ -211,6 +213,9 @@ def test_every_item_done_once_within_limits_while_a_process_of_each_service_is_k
         FAIRWAY_RATELIMITER_KEY_PREFIX=f"chaos:{secrets.token_hex(4)}",
         # A killed predictor's items go to another one after 10 s, not 30.
         FAIRWAY_LEASE_SECONDS="10", FAIRWAY_POLL_INITIAL_SECONDS="0.1", FAIRWAY_POLL_MAX_SECONDS="1",
+        # The provider fails too: 500s, and connections cut with no answer (a create whose fate
+        # is unknown, which the predictor must find again rather than create twice).
+        FAIRWAY_EMULATOR_ERROR_RATE=str(FAULT_RATE), FAIRWAY_EMULATOR_RESET_RATE=str(FAULT_RATE),
         **{f"FAIRWAY_{service.upper()}S": str(n) for service, n in REPLICAS.items()},
     )
     kills: list[Kill] = []
