@@ -1,7 +1,9 @@
 """Bearer keys: the operator's (from settings) or a tenant's (checked by the scheduler).
 
-Positive answers are cached briefly so that most requests cost no extra RPC; a
-revoked key therefore keeps working for at most `CACHE_TTL_S`.
+Positive answers are cached briefly so that most requests cost no extra RPC. A rotated key
+(`POST /v1/tenants/{id}/rotate-key`) is dropped from the cache of the replica that rotated it,
+so there it is refused at once; another gateway replica may still accept it for at most
+`CACHE_TTL_S`, until its cached answer expires.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Authenticator:
         self._admin_key = admin_key.encode()
         self._upstreams = upstreams
         self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        # Bumped by `forget`: an answer asked for before a key was rotated is not cached after it.
+        self._generation = 0
 
     async def principal(self, key: str) -> Principal:
         if hmac.compare_digest(key.encode(), self._admin_key):
@@ -55,6 +59,7 @@ class Authenticator:
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
             return hit[0]
+        generation = self._generation
         try:
             reply = await self._upstreams.scheduler.Authenticate(
                 scheduler_pb2.AuthenticateRequest(api_key=key), timeout=self._upstreams.timeout_s
@@ -67,11 +72,20 @@ class Authenticator:
         if not reply.admin and not reply.tenant:
             raise _bad_key()
         found = ADMIN if reply.admin else Principal(admin=False, tenant=reply.tenant)
+        if generation != self._generation:
+            return found
         self._cache[digest] = (found, now + CACHE_TTL_S)
         self._cache.move_to_end(digest)
         while len(self._cache) > CACHE_MAX_KEYS:
             self._cache.popitem(last=False)
         return found
+
+    def forget(self, tenant: str) -> None:
+        """Drop the cached keys of `tenant`, whose key was just rotated: the next call with the
+        old key asks the scheduler, which refuses it."""
+        self._generation += 1
+        for digest in [d for d, (who, _) in self._cache.items() if who.tenant == tenant]:
+            del self._cache[digest]
 
 
 def _bad_key() -> ApiError:

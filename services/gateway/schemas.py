@@ -131,6 +131,15 @@ class TenantCreated(Tenant):
     api_key: str
 
 
+class TenantPage(BaseModel):
+    tenants: list[Tenant]
+    next: str | None
+
+
+class ApiKey(BaseModel):
+    api_key: str
+
+
 class Credits(BaseModel):
     credits: int
 

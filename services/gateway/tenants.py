@@ -5,12 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from fairway.scheduler.v1 import scheduler_pb2
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from services.gateway import render
-from services.gateway.auth import AdminKey, AnyKey, Stubs
+from services.gateway.auth import AdminKey, AnyKey, Authenticator, Stubs
 from services.gateway.errors import ApiError
-from services.gateway.schemas import Credits, CreditsAdd, Tenant, TenantCreate, TenantCreated, TenantUpdate
+from services.gateway.jobs import PAGE, After, Limit
+from services.gateway.schemas import (
+    ApiKey,
+    Credits,
+    CreditsAdd,
+    Tenant,
+    TenantCreate,
+    TenantCreated,
+    TenantPage,
+    TenantUpdate,
+)
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 
@@ -27,6 +37,15 @@ async def create_tenant(body: TenantCreate, _: AdminKey, up: Stubs) -> dict[str,
         request.credits = body.credits
     created = await up.scheduler.CreateTenant(request, timeout=up.timeout_s)
     return render.tenant(created, with_key=True)
+
+
+@router.get("", response_model=TenantPage)
+async def list_tenants(_: AdminKey, up: Stubs, limit: Limit = None, after: After = "") -> dict[str, Any]:
+    """Every tenant in id order, a page at a time: `after` is the previous page's `next`."""
+    reply = await up.scheduler.ListTenants(
+        scheduler_pb2.ListTenantsRequest(limit=limit or PAGE, after=after), timeout=up.timeout_s
+    )
+    return {"tenants": [render.tenant(t) for t in reply.tenants], "next": reply.next or None}
 
 
 @router.get("/me", response_model=Tenant)
@@ -74,6 +93,15 @@ async def add_credits(tenant_id: str, body: CreditsAdd, _: AdminKey, up: Stubs) 
         scheduler_pb2.AddCreditsRequest(id=tenant_id, amount=body.amount), timeout=up.timeout_s
     )
     return {"credits": reply.credits}
+
+
+@router.post("/{tenant_id}/rotate-key", response_model=ApiKey)
+async def rotate_key(tenant_id: str, request: Request, _: AdminKey, up: Stubs) -> dict[str, Any]:
+    """A new API key for the tenant, shown only this once; the old one is refused from now on."""
+    reply = await up.scheduler.RotateKey(scheduler_pb2.RotateKeyRequest(id=tenant_id), timeout=up.timeout_s)
+    authenticator: Authenticator = request.app.state.authenticator
+    authenticator.forget(tenant_id)
+    return {"api_key": reply.api_key}
 
 
 async def _get(up: Stubs, tenant_id: str) -> dict[str, Any]:

@@ -56,6 +56,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def AddCredits(self, request: pb.AddCreditsRequest, context: Ctx) -> pb.AddCreditsResponse:
         return pb.AddCreditsResponse(credits=await self._tenants.add_credits(request.id, request.amount))
 
+    async def ListTenants(self, request: pb.ListTenantsRequest, context: Ctx) -> pb.ListTenantsResponse:
+        return await self._tenants.page(request.limit, request.after)
+
+    async def RotateKey(self, request: pb.RotateKeyRequest, context: Ctx) -> pb.RotateKeyResponse:
+        return pb.RotateKeyResponse(api_key=await self._tenants.rotate_key(request.id))
+
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Ctx) -> pb.Job:
         job = await self._jobs.submit(request)
         SUBMITTED.inc(len(request.items))

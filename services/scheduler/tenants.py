@@ -20,6 +20,7 @@ from services.scheduler.sql import QUERIES
 
 _TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 DEFAULT_MAX_QUEUED = 100_000
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
 
 
 def hash_key(api_key: str) -> bytes:
@@ -136,6 +137,23 @@ class TenantDirectory:
                 raise InvalidRequest(f"amount: would make the balance negative ({balance})")
             await conn.execute(QUERIES["ledger_grant"], tenant_id, amount)
         return int(balance)
+
+    async def page(self, limit: int, after: str) -> pb.ListTenantsResponse:
+        limit = min(limit or DEFAULT_PAGE, MAX_PAGE)
+        rows = await self._pool.fetch(QUERIES["list_tenants"], after, limit + 1)
+        tenants: list[pb.Tenant] = []
+        for row in rows[:limit]:
+            tenant = _tenant(row)
+            tenant.queued, tenant.processing = row["queued"], row["processing"]
+            tenants.append(tenant)
+        return pb.ListTenantsResponse(tenants=tenants, next=rows[limit - 1]["id"] if len(rows) > limit else "")
+
+    async def rotate_key(self, tenant_id: str) -> str:
+        """A new key for the tenant; the old one matches nothing from this statement's commit on."""
+        api_key = new_api_key()
+        if await self._pool.fetchval(QUERIES["rotate_key"], tenant_id, hash_key(api_key)) is None:
+            raise NotFound(f"tenant {tenant_id!r} does not exist")
+        return api_key
 
     async def authenticate(self, api_key: str) -> str | None:
         return await self._pool.fetchval(QUERIES["tenant_by_key"], hash_key(api_key))  # type: ignore[no-any-return]

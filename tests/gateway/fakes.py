@@ -76,6 +76,8 @@ class FakeScheduler(Recorder, scheduler_pb2_grpc.SchedulerServicer):
     GetTenant = _unary("GetTenant", scheduler_pb2.Tenant())
     UpdateTenant = _unary("UpdateTenant", scheduler_pb2.Tenant())
     AddCredits = _unary("AddCredits", scheduler_pb2.AddCreditsResponse())
+    ListTenants = _unary("ListTenants", scheduler_pb2.ListTenantsResponse())
+    RotateKey = _unary("RotateKey", scheduler_pb2.RotateKeyResponse())
     SubmitJob = _unary("SubmitJob", scheduler_pb2.Job(id="job-1"))
     GetJob = _unary("GetJob", scheduler_pb2.Job(id="job-1"))
     ListJobs = _unary("ListJobs", scheduler_pb2.ListJobsResponse())

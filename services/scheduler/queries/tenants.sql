@@ -21,6 +21,20 @@ CROSS JOIN LATERAL (SELECT coalesce(sum(unfinished), 0) AS n FROM queue_unfinish
 CROSS JOIN LATERAL (SELECT count(*) AS n FROM leases l WHERE l.tenant_id = t.id) f
 WHERE t.id = $1;
 
+-- name: list_tenants
+-- A page in id order after $1 ('' = from the start); $2 = page size + 1, the extra row saying
+-- that there is a next page. Keyset paging: a tenant created meanwhile moves no other.
+SELECT t.id, t.weight, t.max_concurrency, t.max_queued, t.credits,
+       (u.n - f.n)::bigint AS queued, f.n::bigint AS processing
+FROM (SELECT id, weight, max_concurrency, max_queued, credits FROM tenants WHERE id > $1 ORDER BY id LIMIT $2) t
+CROSS JOIN LATERAL (SELECT coalesce(sum(unfinished), 0) AS n FROM queue_unfinished q WHERE q.tenant_id = t.id) u
+CROSS JOIN LATERAL (SELECT count(*) AS n FROM leases l WHERE l.tenant_id = t.id) f
+ORDER BY t.id;
+
+-- name: rotate_key
+-- The new key's hash replaces the old in one statement: from its commit, the old key matches no tenant.
+UPDATE tenants SET key_hash = $2 WHERE id = $1 RETURNING id;
+
 -- name: update_tenant
 UPDATE tenants SET
     weight = coalesce($2, weight),

@@ -60,6 +60,16 @@ class SchedulerStub:
                 request_serializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.AddCreditsRequest.SerializeToString,
                 response_deserializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.AddCreditsResponse.FromString,
                 _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/fairway.scheduler.v1.Scheduler/ListTenants',
+                request_serializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/fairway.scheduler.v1.Scheduler/RotateKey',
+                request_serializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.RotateKeyResponse.FromString,
+                _registered_method=True)
         self.SubmitJob = channel.unary_unary(
                 '/fairway.scheduler.v1.Scheduler/SubmitJob',
                 request_serializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobRequest.SerializeToString,
@@ -132,6 +142,20 @@ class SchedulerServicer:
 
     def AddCredits(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Tenants in id order, a page at a time (`after`: the previous page's `next`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKey(self, request, context):
+        """A new API key for the tenant; the old one is refused from the same moment.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -214,6 +238,16 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.AddCredits,
                     request_deserializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.AddCreditsRequest.FromString,
                     response_serializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.AddCreditsResponse.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.ListTenantsRequest.FromString,
+                    response_serializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.RotateKeyRequest.FromString,
+                    response_serializer=fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.RotateKeyResponse.SerializeToString,
             ),
             'SubmitJob': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitJob,
@@ -392,6 +426,60 @@ class Scheduler:
             '/fairway.scheduler.v1.Scheduler/AddCredits',
             fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.AddCreditsRequest.SerializeToString,
             fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.AddCreditsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fairway.scheduler.v1.Scheduler/ListTenants',
+            fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.ListTenantsRequest.SerializeToString,
+            fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fairway.scheduler.v1.Scheduler/RotateKey',
+            fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.RotateKeyRequest.SerializeToString,
+            fairway_dot_scheduler_dot_v1_dot_scheduler__pb2.RotateKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,10 @@ class SchedulerStub:
     GetTenant: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetTenantRequest, _scheduler_pb2.Tenant]
     UpdateTenant: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UpdateTenantRequest, _scheduler_pb2.Tenant]
     AddCredits: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.AddCreditsRequest, _scheduler_pb2.AddCreditsResponse]
+    ListTenants: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListTenantsRequest, _scheduler_pb2.ListTenantsResponse]
+    """Tenants in id order, a page at a time (`after`: the previous page's `next`)."""
+    RotateKey: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RotateKeyRequest, _scheduler_pb2.RotateKeyResponse]
+    """A new API key for the tenant; the old one is refused from the same moment."""
     SubmitJob: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SubmitJobRequest, _scheduler_pb2.Job]
     GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobRequest, _scheduler_pb2.Job]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListJobsRequest, _scheduler_pb2.ListJobsResponse]
@@ -65,6 +69,10 @@ class SchedulerAsyncStub(SchedulerStub):
     GetTenant: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetTenantRequest, _scheduler_pb2.Tenant]  # type: ignore[assignment]
     UpdateTenant: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UpdateTenantRequest, _scheduler_pb2.Tenant]  # type: ignore[assignment]
     AddCredits: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.AddCreditsRequest, _scheduler_pb2.AddCreditsResponse]  # type: ignore[assignment]
+    ListTenants: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListTenantsRequest, _scheduler_pb2.ListTenantsResponse]  # type: ignore[assignment]
+    """Tenants in id order, a page at a time (`after`: the previous page's `next`)."""
+    RotateKey: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RotateKeyRequest, _scheduler_pb2.RotateKeyResponse]  # type: ignore[assignment]
+    """A new API key for the tenant; the old one is refused from the same moment."""
     SubmitJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SubmitJobRequest, _scheduler_pb2.Job]  # type: ignore[assignment]
     GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobRequest, _scheduler_pb2.Job]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListJobsRequest, _scheduler_pb2.ListJobsResponse]  # type: ignore[assignment]
@@ -115,6 +123,22 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.AddCreditsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.AddCreditsResponse, _abc.Awaitable[_scheduler_pb2.AddCreditsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTenants(
+        self,
+        request: _scheduler_pb2.ListTenantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListTenantsResponse, _abc.Awaitable[_scheduler_pb2.ListTenantsResponse]]:
+        """Tenants in id order, a page at a time (`after`: the previous page's `next`)."""
+
+    @_abc_1.abstractmethod
+    def RotateKey(
+        self,
+        request: _scheduler_pb2.RotateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.RotateKeyResponse, _abc.Awaitable[_scheduler_pb2.RotateKeyResponse]]:
+        """A new API key for the tenant; the old one is refused from the same moment."""
 
     @_abc_1.abstractmethod
     def SubmitJob(
