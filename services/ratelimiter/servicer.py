@@ -113,6 +113,8 @@ class RateLimiterServicer(ratelimiter_pb2_grpc.RateLimiterServicer):
                     tpm_usage_percent=100.0 * usage.tokens_last_minute / budget.tpm if budget.tpm else 0.0,
                     in_flight=usage.in_flight,
                     max_in_flight=budget.max_in_flight,
+                    requests_by_second=usage.requests_by_second,
+                    tokens_by_second=usage.tokens_by_second,
                 )
             )
         return reply

@@ -65,6 +65,9 @@ class Usage:
     rate_factor: float
     cooldown_until_s: float  # unix seconds, 0 if none
     in_flight: int
+    # The last minute second by second, oldest first (the current second last).
+    requests_by_second: tuple[int, ...] = ()
+    tokens_by_second: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -292,17 +295,23 @@ class BudgetStore:
     def _usage(self, now_us: int, ring: dict[str, str], fb: list[str | None], in_flight: int) -> Usage:
         now_s = now_us // 1_000_000
         sums = {"r": 0, "t": 0, "d": 0}
+        requests, tokens = [0] * MINUTE_S, [0] * MINUTE_S
         for slot in range(RING_SLOTS):
             stamp = ring.get(f"s{slot}")
             if stamp is not None and now_s - MINUTE_S < int(stamp) <= now_s:
                 for dim in sums:
                     sums[dim] += int(ring.get(f"{dim}{slot}", 0))
+                age = now_s - int(stamp)
+                requests[-1 - age] = max(0, int(ring.get(f"r{slot}", 0)))
+                tokens[-1 - age] = max(0, int(ring.get(f"t{slot}", 0)))
         factor = 1.0
         if fb[0] is not None and fb[1] is not None:
             recovered = float(fb[0]) + max(0.0, now_us - float(fb[1])) * self._recovery_per_us
             factor = min(1.0, max(self._p.min_rate_factor, recovered))
         cooldown = float(fb[2]) / 1e6 if fb[2] is not None and float(fb[2]) > now_us else 0.0
-        return Usage(max(0, sums["r"]), max(0, sums["t"]), sums["d"], factor, cooldown, in_flight)
+        return Usage(
+            max(0, sums["r"]), max(0, sums["t"]), sums["d"], factor, cooldown, in_flight, tuple(requests), tuple(tokens)
+        )
 
     async def set_tenant_caps(self, budget: str, tenant: str, rpm: float, max_in_flight: int) -> None:
         key = self._key(budget, "caps") if budget else self._global_caps

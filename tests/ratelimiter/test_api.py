@@ -33,6 +33,10 @@ async def test_client_round_trip(grpc_address: str) -> None:
         stats = {b.name: b for b in (await client.stats()).budgets}
         slow = stats["openai:slow-model"]
         assert slow.requests_last_minute == 1 and slow.tokens_last_minute == 12
+        # Second by second, the current one last: what the minute adds up.
+        assert len(slow.requests_by_second) == len(slow.tokens_by_second) == 60
+        assert sum(slow.requests_by_second) == 1 and sum(slow.tokens_by_second) == 12
+        assert slow.requests_by_second[-1] + slow.requests_by_second[-2] == 1
         assert slow.limit_rpm == 6 and slow.limit_tpm == 60 and slow.burst == 3
         with pytest.raises(InvalidBudgetRequest):
             await client.acquire("unknown", 1)

@@ -397,6 +397,8 @@ class BudgetStats(_message.Message):
     TPM_USAGE_PERCENT_FIELD_NUMBER: _builtins.int
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    REQUESTS_BY_SECOND_FIELD_NUMBER: _builtins.int
+    TOKENS_BY_SECOND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     limit_rpm: _builtins.float
     """configured limit x utilization"""
@@ -418,6 +420,14 @@ class BudgetStats(_message.Message):
     """grants neither settled nor released (concurrency budgets)"""
     max_in_flight: _builtins.int
     """0 when the budget has no concurrency dimension"""
+    @_builtins.property
+    def requests_by_second(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The last minute second by second, oldest first, the current (partly passed) second last:
+        what requests_last_minute and tokens_last_minute add up. A burst shows here at once.
+        """
+
+    @_builtins.property
+    def tokens_by_second(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -434,10 +444,12 @@ class BudgetStats(_message.Message):
         tpm_usage_percent: _builtins.float = ...,
         in_flight: _builtins.int = ...,
         max_in_flight: _builtins.int = ...,
+        requests_by_second: _abc.Iterable[_builtins.int] | None = ...,
+        tokens_by_second: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "cooldown_until", b"cooldown_until", "denied_last_minute", b"denied_last_minute", "in_flight", b"in_flight", "limit_rpm", b"limit_rpm", "limit_tpm", b"limit_tpm", "max_in_flight", b"max_in_flight", "name", b"name", "rate_factor", b"rate_factor", "requests_last_minute", b"requests_last_minute", "rpm_usage_percent", b"rpm_usage_percent", "tokens_last_minute", b"tokens_last_minute", "tpm_usage_percent", b"tpm_usage_percent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "cooldown_until", b"cooldown_until", "denied_last_minute", b"denied_last_minute", "in_flight", b"in_flight", "limit_rpm", b"limit_rpm", "limit_tpm", b"limit_tpm", "max_in_flight", b"max_in_flight", "name", b"name", "rate_factor", b"rate_factor", "requests_by_second", b"requests_by_second", "requests_last_minute", b"requests_last_minute", "rpm_usage_percent", b"rpm_usage_percent", "tokens_by_second", b"tokens_by_second", "tokens_last_minute", b"tokens_last_minute", "tpm_usage_percent", b"tpm_usage_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
