@@ -35,6 +35,7 @@ from services.scheduler.config import SchedulerConfig
 from services.scheduler.events import JobSignals
 from services.scheduler.fairness import LaneShares
 from services.scheduler.metrics import DISPATCH_SECONDS, DISPATCHED, GRANT_WAITS, export_lane_items
+from services.scheduler.presence import PredictorPresence
 from services.scheduler.rates import DispatchRates
 from services.scheduler.sql import QUERIES
 from services.scheduler.tenants import TenantDirectory
@@ -80,6 +81,7 @@ class Dispatcher:
         self._turn = 0
         self.processing: dict[str, int] = defaultdict(int)
         self.rates = rates
+        self.presence = PredictorPresence(pool, replica, workers)
         self._wake = asyncio.Event()
         self._catch_up = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()  # policy reloads
@@ -94,6 +96,7 @@ class Dispatcher:
         supervisor.loop("dispatch", self._dispatch_round, wait=self._wait_for_work)
         supervisor.loop("resync", self.resync, wait=self._resync_due)
         self.rates.start(supervisor)
+        self.presence.start(supervisor)
 
     async def stop(self) -> None:
         """End the policy reloads in flight (the loops end with their supervisor)."""

@@ -105,6 +105,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             ],
             lanes=[pb.LaneQueue(lane=r["lane"], queued=r["queued"], processing=r["processing"],
                                 tenants=r["tenants"]) for r in by_lane],
+            predictors=await self._dispatcher.presence.everywhere(),
         )
 
     async def ReportUpstreamResult(self, request: pb.UpstreamResult, context: Ctx) -> pb.UpstreamResultResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from dataclasses import dataclass, field
 
 from fairway.scheduler.v1 import scheduler_pb2 as pb
@@ -18,6 +19,7 @@ class Worker:
     slots: int = 0
     outbox: asyncio.Queue[pb.Assignment] = field(default_factory=asyncio.Queue)
     key: int = field(default_factory=lambda: next(_ids))
+    connected_at: float = field(default_factory=time.time)
 
     def accepts(self, provider: str) -> bool:
         return not self.providers or provider in self.providers
@@ -38,6 +40,9 @@ class WorkerRegistry:
         while not worker.outbox.empty():
             unsent.append(worker.outbox.get_nowait())
         return unsent
+
+    def connected(self) -> list[Worker]:
+        return list(self._workers.values())
 
     def free_slots(self, provider: str | None = None) -> int:
         return sum(w.slots for w in self._workers.values() if provider is None or w.accepts(provider))

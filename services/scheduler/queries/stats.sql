@@ -40,3 +40,22 @@ ON CONFLICT (replica, tenant_id) DO UPDATE SET last_minute = excluded.last_minut
 SELECT tenant_id, sum(last_minute)::bigint AS n FROM dispatch_rates
 WHERE replica <> $1 AND published_at > now() - make_interval(secs => $2)
 GROUP BY tenant_id;
+
+-- name: publish_predictors
+-- Replica $1's work streams now (worker, providers "a,b", free slots, connected at): as
+-- publish_dispatch_rates, its rows for streams that closed go, and stopped replicas' are swept.
+WITH dropped AS (
+    DELETE FROM predictor_streams
+    WHERE (replica = $1 AND NOT worker = ANY($2::text[])) OR published_at < now() - interval '2 minutes'
+)
+INSERT INTO predictor_streams (replica, worker, providers, free_slots, connected_at, published_at)
+SELECT $1, worker, providers, free_slots, to_timestamp(connected_at), now()
+FROM unnest($2::text[], $3::text[], $4::int[], $5::float8[]) AS u(worker, providers, free_slots, connected_at)
+ON CONFLICT (replica, worker) DO UPDATE SET providers = excluded.providers, free_slots = excluded.free_slots,
+    connected_at = excluded.connected_at, published_at = excluded.published_at;
+
+-- name: predictors_elsewhere
+-- The other live replicas' work streams (published within $2 seconds).
+SELECT worker, providers, free_slots, extract(epoch FROM connected_at)::float8 AS connected_at
+FROM predictor_streams
+WHERE replica <> $1 AND published_at > now() - make_interval(secs => $2);

@@ -879,24 +879,68 @@ class LaneQueue(_message.Message):
 Global___LaneQueue: _TypeAlias = LaneQueue  # noqa: Y015
 
 @_typing.final
+class Predictor(_message.Message):
+    """A predictor with a work stream open to a scheduler replica."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    FREE_SLOTS_FIELD_NUMBER: _builtins.int
+    CONNECTED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """its worker id"""
+    free_slots: _builtins.int
+    """assignments it asked for and has not been sent yet"""
+    connected_at: _builtins.float
+    """unix seconds"""
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """providers it calls; empty = all"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        providers: _abc.Iterable[_builtins.str] | None = ...,
+        free_slots: _builtins.int = ...,
+        connected_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_at", b"connected_at", "free_slots", b"free_slots", "name", b"name", "providers", b"providers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Predictor: _TypeAlias = Predictor  # noqa: Y015
+
+@_typing.final
 class QueueStats(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANTS_FIELD_NUMBER: _builtins.int
     LANES_FIELD_NUMBER: _builtins.int
+    PREDICTORS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantQueue]: ...
     @_builtins.property
     def lanes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LaneQueue]: ...
+    @_builtins.property
+    def predictors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Predictor]:
+        """Every replica's predictors: the answering replica's own now, the others' as they last
+        published them (every few seconds).
+        """
+
     def __init__(
         self,
         *,
         tenants: _abc.Iterable[Global___TenantQueue] | None = ...,
         lanes: _abc.Iterable[Global___LaneQueue] | None = ...,
+        predictors: _abc.Iterable[Global___Predictor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lanes", b"lanes", "tenants", b"tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lanes", b"lanes", "predictors", b"predictors", "tenants", b"tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
