@@ -58,17 +58,29 @@ def _start(home: Path, **settings: str) -> tuple[subprocess.Popen[str], dict[str
     return proc, ports
 
 
-def kill_tree(proc: subprocess.Popen[str]) -> str:
-    """After a failure: `fairway up`'s children run in sessions of their own, so kill them too.
-    Returns what it had printed on stderr and nobody read."""
+def kill_tree(proc: subprocess.Popen[str], home: Path | None = None) -> str:
+    """After a failure: stop `fairway up` as Ctrl-C does (its children, then its embedded servers);
+    if it does not stop in time, kill its children too (they run in sessions of their own) and the
+    embedded PostgreSQL under `home` (a daemon, no child of it). Returns what it printed on stderr
+    and nobody read."""
     if proc.poll() is not None:
         return ""
+    proc.send_signal(signal.SIGINT)
+    with suppress(subprocess.TimeoutExpired):
+        return proc.communicate(timeout=60)[1] or ""
     with suppress(psutil.NoSuchProcess):
         for child in psutil.Process(proc.pid).children(recursive=True):
             with suppress(psutil.NoSuchProcess):
                 child.kill()
     proc.kill()
-    return proc.communicate()[1] or ""
+    errors = proc.communicate()[1] or ""
+    pid_file = (home / "postgres" / "postmaster.pid") if home else None
+    if pid_file is not None and pid_file.exists():
+        with suppress(ValueError, psutil.NoSuchProcess):
+            postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+            if "postgres" in postmaster.name():
+                postmaster.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+    return errors
 
 
 def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float = 120.0) -> str:
@@ -96,9 +108,9 @@ def _children(proc: subprocess.Popen[str]) -> dict[str, psutil.Process]:
 def test_up_serves_then_stops_with_a_clear_message_when_a_child_dies(tmp_path: Path) -> None:
     proc, ports = _start(tmp_path / "home")
     try:
-        banner = _read_until(proc, "Ctrl-C stops everything")
+        shown = _read_until(proc, "Ctrl-C stops everything")
         admin_key = (tmp_path / "home" / "admin_key").read_text().strip()
-        assert f"http://127.0.0.1:{ports['GATEWAY']}" in banner and admin_key in banner
+        assert f"http://127.0.0.1:{ports['GATEWAY']}" in shown and admin_key in shown
         gateway = f"http://127.0.0.1:{ports['GATEWAY']}"
         assert httpx.get(f"{gateway}/readyz", timeout=10).status_code == 200
         created = httpx.post(f"{gateway}/v1/tenants", json={"id": "store-up"},
@@ -114,7 +126,7 @@ def test_up_serves_then_stops_with_a_clear_message_when_a_child_dies(tmp_path: P
         for name, child in children.items():
             assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, f"{name} left running"
     finally:
-        kill_tree(proc)
+        kill_tree(proc, tmp_path / "home")
 
 
 def test_ctrl_c_stops_everything_and_data_survives_a_restart(tmp_path: Path) -> None:
@@ -132,7 +144,7 @@ def test_ctrl_c_stops_everything_and_data_survives_a_restart(tmp_path: Path) -> 
         assert proc.returncode == 0
         assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children.values())
     finally:
-        kill_tree(proc)
+        kill_tree(proc, home)
 
     again, ports = _start(home)
     try:
@@ -143,7 +155,7 @@ def test_ctrl_c_stops_everything_and_data_survives_a_restart(tmp_path: Path) -> 
         again.send_signal(signal.SIGINT)
         again.communicate(timeout=90)
     finally:
-        kill_tree(again)
+        kill_tree(again, home)
 
 
 def test_the_emulator_stands_in_only_for_providers_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -286,7 +298,7 @@ def test_a_killed_replica_is_restarted_on_its_port_with_its_environment_while_th
         assert "stopping the stack" not in errors
         assert (home / "logs" / "scheduler-1.log").read_text().count("--- fairway up: restart") == 2
     finally:
-        kill_tree(proc)
+        kill_tree(proc, home)
 
 
 def test_a_bad_setting_is_named_and_nothing_starts(tmp_path: Path) -> None:
