@@ -1,81 +1,76 @@
-"""`GET /`: a live status page for the operator.
+"""`GET /`: the operator's live status page; `GET /v1/stats/overview`: everything it shows.
 
-The page itself holds no data (it is served without a key); a small script asks for the
-admin key once, keeps it in the tab's sessionStorage, and polls the two stats endpoints.
+The page, its script and its style (`services/gateway/status/static/`, shipped in the package)
+hold no data and are served without a key, with a content security policy that lets them load
+nothing from anywhere but this gateway. The script asks for the admin key once, keeps it in the
+tab's sessionStorage and polls `/v1/stats/overview` (admin only) every second: a visitor
+without the key sees an empty page.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from functools import cache
+from importlib import resources
+from typing import Any
 
-router = APIRouter(include_in_schema=False)
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Fairway</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font:14px system-ui,sans-serif;margin:2rem;color:#222}
-h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
-table{border-collapse:collapse;min-width:40rem}
-th,td{border-bottom:1px solid #ddd;padding:.3rem .7rem;text-align:right}
-th:first-child,td:first-child{text-align:left}
-.bad{color:#b00}.ok{color:#070}#err{color:#b00}
-</style></head><body>
-<h1>Fairway <small id="at"></small></h1>
-<form id="login" hidden><label>Admin key <input id="key" type="password" autocomplete="off"></label>
-<button>Show</button></form>
-<p id="err"></p>
-<h2>Health</h2><p id="health">…</p>
-<h2>Tenants</h2><table id="tenants"></table>
-<h2>Lanes</h2><table id="lanes"></table>
-<h2>Upstream budgets</h2><table id="buckets"></table>
-<script>
-const $ = (id) => document.getElementById(id);
-const ENTITY = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"};
-const esc = (v) => String(v ?? "").replace(/[&<>"]/g, (c) => ENTITY[c]);
-function table(el, cols, rows) {
-  el.innerHTML = "<tr>" + cols.map((c) => "<th>" + esc(c) + "</th>").join("") + "</tr>" +
-    rows.map((r) => "<tr>" + cols.map((c) => "<td>" + esc(r[c]) + "</td>").join("") + "</tr>").join("");
+from services.gateway.auth import AdminKey, Stubs
+from services.gateway.errors import ApiError
+from services.gateway.status.overview import Overview
+
+router = APIRouter()
+
+ASSETS = {
+    "index.html": "text/html; charset=utf-8",
+    "page.css": "text/css; charset=utf-8",
+    "page.js": "text/javascript; charset=utf-8",
+    "charts.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
-async function get(path) {
-  const r = await fetch(path, {headers: {Authorization: "Bearer " + sessionStorage.getItem("fairway-key")}});
-  const body = await r.json();
-  if (!r.ok) throw new Error(body.error ? body.error.message : r.statusText);
-  return body;
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
 }
-async function refresh() {
-  try {
-    const [q, rl] = await Promise.all([get("/v1/stats/queue"), get("/v1/stats/ratelimiter")]);
-    table($("tenants"),
-      ["tenant", "queued", "processing", "oldest_queued_age_s", "dispatched_last_minute"], q.tenants);
-    table($("lanes"), ["lane", "queued", "processing", "tenants"], q.lanes);
-    table($("buckets"), ["name", "limit_rpm", "requests_last_minute", "rpm_usage_percent", "limit_tpm",
-      "tokens_last_minute", "queue_length", "cooldown_until"], rl.buckets);
-    const h = rl.health;
-    $("health").innerHTML = ["queue_healthy", "rpm_healthy"].map((k) =>
-      '<span class="' + (h[k] ? "ok" : "bad") + '">' + k + ": " + h[k] + "</span>").join(" · ");
-    $("at").textContent = rl.timestamp; $("err").textContent = "";
-  } catch (e) {
-    $("err").textContent = e.message;
-    if (/key/i.test(e.message)) {
-      sessionStorage.removeItem("fairway-key"); $("login").hidden = false; return;
-    }
-  }
-  setTimeout(refresh, 2000);
-}
-$("login").onsubmit = (ev) => {
-  ev.preventDefault();
-  sessionStorage.setItem("fairway-key", $("key").value); $("login").hidden = true; refresh();
-};
-if (sessionStorage.getItem("fairway-key")) refresh(); else $("login").hidden = false;
-</script>
-<noscript>This page needs JavaScript; the same data is at /v1/stats/queue and
-/v1/stats/ratelimiter.</noscript>
-</body></html>
-"""
 
 
-@router.get("/", response_class=HTMLResponse)
-async def status_page() -> HTMLResponse:
-    return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+@cache
+def _asset(name: str) -> bytes:
+    return resources.files("services.gateway.status").joinpath("static", name).read_bytes()
+
+
+def _serve(name: str) -> Response:
+    return Response(_asset(name), media_type=ASSETS[name], headers=HEADERS)
+
+
+@router.get("/", include_in_schema=False)
+async def status_page() -> Response:
+    return _serve("index.html")
+
+
+@router.get("/status/{name}", include_in_schema=False)
+async def status_asset(name: str) -> Response:
+    if name not in ASSETS or name == "index.html":
+        raise ApiError(404, "not_found", f"There is no status page file {name!r}.")
+    return _serve(name)
+
+
+@router.get("/v1/stats/overview", tags=["operations"])
+async def overview(request: Request, who: AdminKey, up: Stubs) -> dict[str, Any]:
+    """Everything the status page shows (admin): budgets with their use now (last 10 s) and
+    over the last minute, tenants with their queues and credits, jobs with their counts,
+    recent failures, predictors connected, and the charts' series over the last 5 minutes.
+    Gathered at most once a second per gateway, whoever asks."""
+    state = request.app.state
+    found: Overview | None = getattr(state, "status_overview", None)
+    if found is None:
+        found = state.status_overview = Overview()
+    # Names the admin on the scheduler calls, as every route names its caller.
+    metadata: tuple[tuple[str, str], ...] = getattr(who, "metadata", ())
+    return await found.snapshot(up, metadata)
