@@ -54,6 +54,14 @@ class InsufficientCredits(SchedulerError):
     code = "insufficient_credits"
 
 
+class BalanceConflict(SchedulerError):
+    """Credits added or taken away would leave a balance the tenant cannot have (below 0, or
+    beyond a 64-bit count): the amount is valid, the tenant's balance makes it fail (409)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    code = "balance_conflict"
+
+
 class QueueFull(SchedulerError):
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
     code = "queue_full"

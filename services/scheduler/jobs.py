@@ -157,11 +157,11 @@ class Jobs:
                         )
                     return await self.get(req.tenant, str(seen["id"]))
             if n > tenant["max_queued"]:
-                # Still the queue limit (429), but waiting will not help: say so.
+                # Still the queue limit (429), but waiting will not help: say so, with no
+                # retry-after (the gateway then sends no Retry-After: no client waits to retry).
                 raise QueueFull(
                     f"the job has {n} items and the queue limit is {tenant['max_queued']}: it can never be "
-                    f"queued whole; split it into jobs of at most {tenant['max_queued']} items",
-                    retry_after_s=30.0,
+                    f"queued whole; split it into jobs of at most {tenant['max_queued']} items"
                 )
             if tenant["queued"] + n > tenant["max_queued"]:
                 raise QueueFull(

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
-from services.scheduler.errors import InvalidRequest, NotFound, TenantExists
+from services.scheduler.errors import BalanceConflict, InvalidRequest, NotFound, TenantExists
 from services.scheduler.sql import QUERIES
 
 _TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -130,11 +130,11 @@ class TenantDirectory:
             try:
                 balance = await conn.fetchval(QUERIES["add_credits"], tenant_id, amount)
             except asyncpg.NumericValueOutOfRangeError:
-                raise InvalidRequest(f"amount: would take the balance beyond {2**63 - 1}") from None
+                raise BalanceConflict(f"amount: would take the balance beyond {2**63 - 1}") from None
             if balance is None:
                 raise NotFound(f"tenant {tenant_id!r} does not exist")
             if balance < 0:
-                raise InvalidRequest(f"amount: would make the balance negative ({balance})")
+                raise BalanceConflict(f"amount: would make the balance negative ({balance})")
             await conn.execute(QUERIES["ledger_grant"], tenant_id, amount)
         return int(balance)
 

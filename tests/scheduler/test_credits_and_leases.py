@@ -54,6 +54,7 @@ async def test_queue_limit_refuses_at_submit(client: Client) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as never:
         await client.submit("small", 11)
     assert "split it into jobs of at most 10 items" in (never.value.details() or "")
+    assert "retry-after" not in dict(never.value.trailing_metadata() or ())  # waiting cannot help
 
 
 async def test_charge_at_done_refund_at_failed_and_canceled(
