@@ -9,7 +9,19 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway import errors, events, jobs, operations, status_page, tenants, webhooks
+from services.gateway import (
+    cors,
+    docs,
+    errors,
+    events,
+    jobs,
+    methods,
+    openapi,
+    operations,
+    status_page,
+    tenants,
+    webhooks,
+)
 from services.gateway.auth import Authenticator
 from services.gateway.config import Settings
 from services.gateway.metrics import GatewayMetrics, MetricsMiddleware
@@ -78,15 +90,21 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         # A JSON body is parsed as JSON even when the client forgot its Content-Type.
         strict_content_type=False,
-        docs_url="/docs",
+        # /docs is served with Swagger UI's files from this process (services/gateway/docs.py).
+        docs_url=None,
         redoc_url=None,
         dependencies=[Depends(errors.storable_params)],
     )
     app.state.metrics = GatewayMetrics()
     app.state.tenant_rate = TenantRateLimit(settings.tenant_rps, settings.tenant_burst)
     errors.install(app)
-    for module in (tenants, jobs, events, operations, webhooks, status_page):
+    for module in (tenants, jobs, events, operations, webhooks, status_page, docs):
         app.include_router(module.router)
+    openapi.install(app)
+    # Innermost first: a 405 is answered before the body is read; CORS headers go on every
+    # answer, a 413 included; metrics count everything, preflights included.
+    methods.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    cors.install(app, settings.cors_origin_list)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

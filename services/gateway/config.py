@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.gateway.cors import parse_origins
 
 
 class Settings(BaseSettings):
@@ -40,6 +42,11 @@ class Settings(BaseSettings):
     rpc_timeout_s: float = Field(
         default=30.0, gt=0, validation_alias=AliasChoices("FAIRWAY_GATEWAY_RPC_TIMEOUT_S", "rpc_timeout_s")
     )
+    # Browser origins that may call the API (CORS): a comma list, or "*" (then without
+    # credentials); empty, no CORS at all. See services/gateway/cors.py.
+    cors_origins: str = Field(
+        default="", validation_alias=AliasChoices("FAIRWAY_GATEWAY_CORS_ORIGINS", "cors_origins")
+    )
     replicate_webhook_secret: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("REPLICATE_WEBHOOK_SECRET", "replicate_webhook_secret")
     )
@@ -49,3 +56,13 @@ class Settings(BaseSettings):
     replicate_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REPLICATE_BASE_URL", "replicate_base_url")
     )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        """Refused at start, naming the bad entry; kept as the normalized comma list."""
+        return ",".join(parse_origins(value))
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return parse_origins(self.cors_origins)

@@ -10,13 +10,15 @@ so no router translates upstream errors itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.errors import FairwayError
@@ -126,8 +128,9 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, upstream: str = "scheduler") -> Ap
     status, default_code = _BY_GRPC_CODE[code]
     error_code = meta.get(ERROR_CODE_KEY) or default_code
     status = _STATUS_BY_ERROR_CODE.get(error_code, status)
-    if status == 429 and retry_after is None:
-        retry_after = 1.0
+    # A 429 the scheduler sends without retry-after is one that waiting cannot fix (a job
+    # with more items than the queue limit): it goes out without Retry-After, so no client
+    # waits and sends it again.
     return ApiError(status, error_code, details or error_code.replace("_", " "), retry_after_s=retry_after)
 
 
@@ -135,10 +138,37 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, upstream: str = "scheduler") -> Ap
 
 
 def storable_params(request: Request) -> None:
-    """422 for a NUL character in a path or query parameter: the scheduler could not look it up."""
-    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+    """422 for a NUL character in a path parameter or a query parameter the route reads: the
+    scheduler could not look it up. Query parameters the route ignores are not looked at."""
+    route = request.scope.get("route")
+    declared = _declared_query(route) if isinstance(route, APIRoute) else frozenset()
+    query = [(name, value) for name, value in request.query_params.multi_items() if name in declared]
+    for name, value in [*request.path_params.items(), *query]:
         if "\x00" in str(value):
             raise ApiError(422, "invalid_request", f"{name}: must not contain the NUL character (\\u0000)")
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}
+
+
+def _declared_query(route: APIRoute) -> frozenset[str]:
+    found = _QUERY_NAMES.get(id(route))
+    if found is None:
+        found = frozenset(p.alias for d in dependants(route.dependant) for p in d.query_params)
+        _QUERY_NAMES[id(route)] = found
+    return found
+
+
+def dependants(root: Dependant) -> Iterator[Dependant]:
+    """The route's dependant and every one it depends on, each once."""
+    seen: set[int] = set()
+    pending = [root]
+    while pending:
+        node = pending.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            yield node
+            pending.extend(node.dependencies)
 
 
 def field_path(loc: Sequence[int | str]) -> str:
@@ -213,8 +243,6 @@ def install(app: FastAPI) -> None:
             code, message = "invalid_json", "The body could not be parsed as JSON; send a JSON object."
         elif exc.status_code == 404:
             message = f"There is no {request.url.path}; see /openapi.json for the routes."
-        elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}."
         return error_response(exc.status_code, code, message, exc.headers)
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:

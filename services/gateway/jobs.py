@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import email.message
-from typing import Annotated, Any
+import re
+from typing import Annotated, Any, get_args
 
 from fairway.scheduler.v1 import scheduler_pb2
 from fastapi import APIRouter, Header, Query, Request
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 
-from services.gateway import render, submission
+from services.gateway import job_schema, render, submission
 from services.gateway.auth import AnyKey, Stubs, TenantKey
 from services.gateway.errors import ApiError
-from services.gateway.schemas import ItemPage, Job, JobPage, JobSubmit, Status
+from services.gateway.openapi import documented
+from services.gateway.schemas import ItemPage, Job, JobPage, Status
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -26,36 +28,48 @@ def _blank_is_absent(value: Any) -> Any:
     return None if value == "" else value
 
 
+def _cursor(value: str) -> str:
+    """A page's `next`: the scheduler's cursors are whole numbers (18 digits keep them below 2**63)."""
+    if not CURSOR.fullmatch(value):
+        raise ValueError("not a cursor returned by this listing; send the previous page's `next`")
+    return value
+
+
+CURSOR = re.compile(r"[0-9]{0,18}")
+# Blank (`?limit=`) is a value these take, so the schemas say so; none of them is nullable.
+_BLANK = {"type": "string", "maxLength": 0}
 PageSize = Annotated[int, Field(ge=1, le=MAX_PAGE)]
-Limit = Annotated[PageSize | None, BeforeValidator(_blank_is_absent), Query(description=f"page size (default {PAGE})")]
-StatusFilter = Annotated[Status | None, BeforeValidator(_blank_is_absent), Query(description="only this status")]
+Limit = Annotated[
+    PageSize | None,
+    BeforeValidator(_blank_is_absent),
+    Query(description=f"page size (default {PAGE}); blank counts as left out"),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, _BLANK]}),
+]
+StatusFilter = Annotated[
+    Status | None,
+    BeforeValidator(_blank_is_absent),
+    Query(description="only this status; blank counts as left out"),
+    WithJsonSchema({"type": "string", "enum": [*get_args(Status), ""]}),
+]
 After = Annotated[str, Query(max_length=512, description="the `next` cursor of the previous page")]
-
-
-def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
-    """A model's JSON schema with its `$defs` put in place, to stand alone in the OpenAPI document."""
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return resolve(defs[ref.removeprefix("#/$defs/")])
-            return {key: resolve(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [resolve(value) for value in node]
-        return node
-
-    resolved: dict[str, Any] = resolve(schema)
-    return resolved
+# The scheduler's job and item cursors are whole numbers: anything else is refused here, as the
+# schema says, rather than by the scheduler.
+JobCursor = Annotated[
+    str,
+    AfterValidator(_cursor),
+    Query(description="the `next` cursor of the previous page"),
+    WithJsonSchema({"type": "string", "pattern": f"^{CURSOR.pattern}$"}),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(max_length=255, description="a retry with the same key and body answers the same job"),
+    WithJsonSchema({"type": "string", "maxLength": 255}),
+]
 
 
 # The body is read by the handler (see `submission`), so the OpenAPI document is told its schema.
 _SUBMIT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": _inlined(JobSubmit.model_json_schema())}},
-    }
+    "requestBody": {"required": True, "content": {"application/json": {"schema": job_schema.submit_schema()}}}
 }
 
 
@@ -73,12 +87,24 @@ def _json_content_type(request: Request) -> None:
         )
 
 
-@router.post("", status_code=201, response_model=Job, openapi_extra=_SUBMIT_BODY)
+@router.post(
+    "",
+    status_code=201,
+    response_model=Job,
+    openapi_extra=_SUBMIT_BODY,
+    responses=documented({
+        402: "The tenant's credits cannot cover the job (`insufficient_credits`); nothing was queued.",
+        409: "The Idempotency-Key was used with another body (`idempotency_conflict`).",
+        429: "The tenant's queue limit (`queue_full`), with Retry-After; a job with more items than the limit "
+        "can never be queued whole and gets no Retry-After: split it. Or the tenant's request rate "
+        "(`rate_limited`).",
+    }),
+)
 async def submit_job(
     request: Request,
     who: TenantKey,
     up: Stubs,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     """Queue a job; with `Idempotency-Key`, a retry of the same body answers the same job."""
     # The key is checked (and the tenant's request rate) before the body is even read.
@@ -93,7 +119,7 @@ async def submit_job(
 
 @router.get("", response_model=JobPage)
 async def list_jobs(
-    who: AnyKey, up: Stubs, status: StatusFilter = None, limit: Limit = None, after: After = ""
+    who: AnyKey, up: Stubs, status: StatusFilter = None, limit: Limit = None, after: JobCursor = ""
 ) -> dict[str, Any]:
     """Own jobs, newest first (the admin sees every tenant's)."""
     reply = await up.scheduler.ListJobs(
@@ -119,7 +145,7 @@ async def get_job(job_id: str, who: AnyKey, up: Stubs) -> dict[str, Any]:
 
 @router.get("/{job_id}/items", response_model=ItemPage)
 async def list_items(
-    job_id: str, who: AnyKey, up: Stubs, status: StatusFilter = None, limit: Limit = None, after: After = ""
+    job_id: str, who: AnyKey, up: Stubs, status: StatusFilter = None, limit: Limit = None, after: JobCursor = ""
 ) -> dict[str, Any]:
     """A job's items with their outputs, in submission order."""
     reply = await up.scheduler.ListItems(

@@ -9,13 +9,14 @@ import grpc
 from fairway.ratelimiter.v1 import ratelimiter_pb2
 from fairway.scheduler.v1 import scheduler_pb2
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.logging import get_logger
 from services.gateway import render
 from services.gateway.auth import AdminKey, Stubs
 from services.gateway.errors import DEFAULT_RETRY_AFTER_S, ApiError, from_rpc_error
+from services.gateway.openapi import documented
 
 log = get_logger(__name__)
 router = APIRouter(tags=["operations"])
@@ -51,7 +52,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses=documented({503: "The scheduler or the ratelimiter fails its health check; retry after Retry-After."}),
+)
 async def readyz(up: Stubs) -> JSONResponse:
     """Ready when the scheduler and the ratelimiter answer their health checks."""
     ready = await up.ready()
@@ -66,6 +70,11 @@ async def readyz(up: Stubs) -> JSONResponse:
     return JSONResponse({"status": "ready", "dependencies": {name: "ok" for name in ready}})
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {}}}}},
+)
 async def metrics(request: Request) -> Response:
+    """Request counts, latency and requests in flight, for Prometheus."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

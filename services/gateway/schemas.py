@@ -6,7 +6,7 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 Provider = Literal["replicate", "openai"]
 Operation = Literal["prediction", "chat", "response", "image"]
@@ -20,6 +20,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
 
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
+# Items in one job; the 100,001st is refused as the body is parsed (see `bodies`).
+MAX_ITEMS_PER_JOB = 100_000
 # Deeper JSON is refused: the answer that repeats a job's metadata could not be written.
 MAX_JSON_DEPTH = 64
 # Values in one item's input (or in a job's metadata): each step of validating, encoding or
@@ -67,14 +69,52 @@ def _storable_json(value: Any) -> Any:
     return value
 
 
+def _integral(value: Any) -> Any:
+    """5.0 is the whole number 5: JSON has one number type, and JSON Schema counts 5.0 as an
+    integer, so a client (or a generator working from the OpenAPI document) may send it so.
+    5.5, true and "5" are still refused: strict mode sees them unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _not_zero(value: int) -> int:
+    if value == 0:
+        raise ValueError("must not be 0")
+    return value
+
+
+def not_null(schema: dict[str, Any]) -> None:
+    """The JSON schema of an optional field that may be left out but not sent as null: its
+    `None` default is how "left out" reaches the handler, not a value a client may send."""
+    branches = [branch for branch in schema.pop("anyOf", []) if branch.get("type") != "null"]
+    schema.pop("default", None)
+    if branches:
+        schema.update(branches[0])
+
+
 def _not_reserved(value: str) -> str:
     if value in RESERVED_TENANT_IDS:
         raise ValueError(f"{value!r} is reserved: GET /v1/tenants/{value} is the caller's own tenant")
     return value
 
 
-Text = Annotated[str, AfterValidator(_storable_text)]
+# No NUL: what `_storable_text` refuses and a JSON Schema pattern can say (an unpaired
+# surrogate is not a character, so no generator makes one).
+NO_NUL = "^[^\\x00]*$"
+Text = Annotated[str, AfterValidator(_storable_text), Field(json_schema_extra={"pattern": NO_NUL})]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
+# Whole numbers in the ranges the scheduler stores (the Field comes first: after the
+# BeforeValidator, its bounds would not reach the JSON schema).
+PositiveInt32 = Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_integral)]
+SignedInt32 = Annotated[int, Field(ge=-INT32_MAX, le=INT32_MAX), BeforeValidator(_integral)]
+Count64 = Annotated[int, Field(ge=0, le=INT64_MAX), BeforeValidator(_integral)]
+Amount64 = Annotated[
+    int,
+    Field(ge=-INT64_MAX, le=INT64_MAX, json_schema_extra={"not": {"const": 0}}),
+    BeforeValidator(_integral),
+    AfterValidator(_not_zero),
+]
 
 
 class _Request(BaseModel):
@@ -88,19 +128,22 @@ class TenantCreate(_Request):
         min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
     )
     weight: float = Field(1.0, gt=0, allow_inf_nan=False)
-    max_concurrency: int | None = Field(None, ge=1, le=INT32_MAX)
-    max_queued: int | None = Field(None, ge=0, le=INT64_MAX)
-    credits: int | None = Field(None, ge=-INT64_MAX, le=INT64_MAX)
+    # null: no cap, the scheduler's default queue limit, billing off.
+    max_concurrency: PositiveInt32 | None = None
+    max_queued: Count64 | None = None
+    credits: Count64 | None = None
 
 
 class TenantUpdate(_Request):
-    weight: float | None = Field(None, gt=0, allow_inf_nan=False)
-    max_concurrency: int | None = Field(None, ge=1, le=INT32_MAX)
-    max_queued: int | None = Field(None, ge=0, le=INT64_MAX)
+    # Left out: unchanged. Only max_concurrency may be null (the cap is lifted); the others
+    # are refused as null (tenants.py), so the schema does not offer it.
+    weight: float | None = Field(None, gt=0, allow_inf_nan=False, json_schema_extra=not_null)
+    max_concurrency: PositiveInt32 | None = None
+    max_queued: Count64 | None = Field(None, json_schema_extra=not_null)
 
 
 class CreditsAdd(_Request):
-    amount: int = Field(ge=-INT64_MAX, le=INT64_MAX)
+    amount: Amount64
 
 
 class ItemIn(_Request):
@@ -112,8 +155,8 @@ class JobSubmit(_Request):
     provider: Provider
     model: Text = Field(min_length=1, max_length=256)
     operation: Operation | None = None
-    priority: int = Field(0, ge=-INT32_MAX, le=INT32_MAX)
-    items: list[ItemIn] = Field(min_length=1)
+    priority: SignedInt32 = 0
+    items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS_PER_JOB)
     metadata: JsonObject | None = None
 
 
@@ -185,9 +228,11 @@ class ItemPage(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description="what went wrong, for programs: `invalid_json`, `queue_full`, ...")
+    message: str = Field(description="a sentence a person can act on")
 
 
 class Error(BaseModel):
+    """The body of every error answer."""
+
     error: ErrorBody

@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,18 +28,15 @@ from pydantic import TypeAdapter, ValidationError
 
 from services.gateway.bodies import parse_body
 from services.gateway.errors import ApiError
-from services.gateway.schemas import INT32_MAX, OPERATIONS, ItemIn, JobSubmit
+from services.gateway.job_schema import PROMPT, REPLICATE_MODEL
+from services.gateway.schemas import INT32_MAX, MAX_ITEMS_PER_JOB, OPERATIONS, ItemIn, JobSubmit
 
-# The scheduler's own limit; refused here before the items are built.
-MAX_ITEMS_PER_JOB = 100_000
 # Items validated per call into pydantic (~3 ms for 1000 small ones on a slow host).
 SLICE = 500
 
 _ITEMS = TypeAdapter(list[ItemIn])
 # Stands in for the items while the rest of the job is validated.
 _PLACEHOLDER = ItemIn(ref="", input={})
-# What the Replicate SDK can call: a model, or a model at a version.
-REPLICATE_MODEL = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(:\w+)?")
 
 
 def canonical_json(value: Any) -> str:
@@ -113,12 +109,21 @@ def _required(path: str, what: str) -> ApiError:
     return ApiError(422, "invalid_request", f"{path}: {what}")
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= INT32_MAX
+def _token_cap(data: dict[str, Any], key: str, where: str) -> None:
+    """`key`, when present, is a whole number from 1 to INT32_MAX; 5.0 is sent on as 5 (JSON
+    Schema counts it an integer; a provider may not)."""
+    if key not in data:
+        return
+    value = data[key]
+    if isinstance(value, float) and value.is_integer():
+        value = data[key] = int(value)
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= INT32_MAX):
+        raise _required(f"{where}.{key}", f"must be a whole number from 1 to {INT32_MAX}")
 
 
 def check_items(job: JobSubmit) -> None:
-    """The input shape each operation needs (the provider's own validation comes later)."""
+    """The input shape each operation needs (the provider's own validation comes later); the
+    OpenAPI document says the same (job_schema.py)."""
     if job.provider == "replicate" and not REPLICATE_MODEL.fullmatch(job.model):
         raise _required("model", "a Replicate model is owner/name or owner/name:version")
     for n, item in enumerate(job.items):
@@ -128,17 +133,15 @@ def check_items(job: JobSubmit) -> None:
             messages = data.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise _required(f"{where}.messages", "an openai chat item needs a non-empty list of messages")
-            if "max_tokens" in data and not _positive_int(data["max_tokens"]):
-                raise _required(f"{where}.max_tokens", f"must be a whole number from 1 to {INT32_MAX}")
+            _token_cap(data, "max_tokens", where)
         elif job.operation == "response":
             if data.get("input") in (None, "", []):
                 raise _required(f"{where}.input", "an openai response item needs an input")
-            if "max_output_tokens" in data and not _positive_int(data["max_output_tokens"]):
-                raise _required(f"{where}.max_output_tokens", f"must be a whole number from 1 to {INT32_MAX}")
+            _token_cap(data, "max_output_tokens", where)
         elif job.operation == "image":
             prompt = data.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise _required(f"{where}.prompt", "an openai image item needs a prompt string")
+            if not isinstance(prompt, str) or not PROMPT.search(prompt):
+                raise _required(f"{where}.prompt", "an openai image item needs a prompt that is not blank")
 
 
 def _json(value: Any) -> str:

@@ -23,6 +23,7 @@ from services.gateway.auth import Stubs
 from services.gateway.bodies import parse_body
 from services.gateway.config import Settings
 from services.gateway.errors import ApiError
+from services.gateway.openapi import documented
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -80,7 +81,42 @@ def _checked_id(field: str, value: Any) -> str:
     return value
 
 
-@router.post("/replicate")
+# The body is read (and verified) by the handler, so the OpenAPI document is told its shape.
+_PREDICTION = {
+    "requestBody": {
+        "required": True,
+        "description": "A Replicate prediction, signed with the Standard Webhooks headers.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["id"],
+                    "properties": {
+                        "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+                        "status": {"type": "string"},
+                        "output": {},
+                        "error": {},
+                        "metrics": {},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/replicate",
+    openapi_extra=_PREDICTION,
+    responses=documented({
+        400: "A signed body that is not JSON.",
+        401: "The webhook-id, -timestamp or -signature header is missing, or the signature does not verify.",
+        413: "The body is larger than FAIRWAY_GATEWAY_MAX_BODY_BYTES.",
+        422: "A webhook-id or prediction id that cannot be stored, or a body that is not a prediction.",
+        502: "The scheduler failed in an unexpected way.",
+        503: "The scheduler does not answer, or the signing secret could not be fetched from Replicate.",
+    }),
+)
 async def replicate_webhook(request: Request, up: Stubs) -> dict[str, Any]:
     """Verify the signature, then report the prediction's outcome to the scheduler, once per delivery."""
     body = await request.body()

@@ -223,7 +223,7 @@ async def test_values_the_scheduler_cannot_store_or_echo_are_422(client: httpx.A
     for body, field in (
         ({"id": "me"}, "id"), ({"id": "a", "max_concurrency": 2**31}, "max_concurrency"),
         ({"id": "a", "credits": True}, "credits"), ({"id": "a", "weight": "2"}, "weight"),
-        ({"id": "a", "max_queued": 5.0}, "max_queued"),
+        ({"id": "a", "max_queued": 5.5}, "max_queued"),
     ):
         message = envelope(await client.post("/v1/tenants", json=body, headers=ADMIN), 422, "invalid_request")
         assert message.startswith(field + ": "), message

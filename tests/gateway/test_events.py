@@ -8,8 +8,14 @@ import grpc
 import httpx
 from fairway.scheduler.v1 import scheduler_pb2
 
+from services.gateway.events import IDS_PER_POINT
 from tests.gateway.conftest import tenant
 from tests.gateway.fakes import Abort, Fakes
+
+
+def sse_id(seq: int, n: int = 1) -> str:
+    """The SSE id of the `n`th event sent at resume point `seq` (services/gateway/events.py)."""
+    return str(seq * IDS_PER_POINT + n)
 
 
 def parse(stream: str) -> list[dict[str, str]]:
@@ -45,7 +51,9 @@ async def test_events_are_relayed_until_the_terminal_job(client: httpx.AsyncClie
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/event-stream")
     got = parse(r.text)
-    assert [(e["event"], e["id"]) for e in got] == [("item", "1"), ("job", "2"), ("item", "3"), ("job", "4")]
+    assert [(e["event"], e["id"]) for e in got] == [
+        ("item", sse_id(1)), ("job", sse_id(2)), ("item", sse_id(3)), ("job", sse_id(4))
+    ]
     first = json.loads(got[0]["data"])
     assert (first["id"], first["ref"], first["status"]) == ("i1", "r1", "PROCESSING")
     assert json.loads(got[2]["data"])["output"] == "ok"
@@ -57,13 +65,13 @@ async def test_events_are_relayed_until_the_terminal_job(client: httpx.AsyncClie
 
 async def test_last_event_id_resumes_after_that_event(client: httpx.AsyncClient, fakes: Fakes) -> None:
     fakes.scheduler.reply("WatchJob", events())
-    r = await client.get("/v1/jobs/job-1/events", headers={**tenant("t1"), "Last-Event-ID": "2"})
-    assert [e["id"] for e in parse(r.text)] == ["3", "4"]
+    r = await client.get("/v1/jobs/job-1/events", headers={**tenant("t1"), "Last-Event-ID": sse_id(2)})
+    assert [e["id"] for e in parse(r.text)] == [sse_id(3), sse_id(4)]
     assert fakes.scheduler.calls("WatchJob")[0].after_seq == 2
     bad = await client.get("/v1/jobs/job-1/events", headers={**tenant("t1"), "Last-Event-ID": "soon"})
     assert bad.status_code == 422
     assert bad.json()["error"]["message"].startswith("Last-Event-ID: ")
-    for beyond in ("-5", str(2**63)):
+    for beyond in ("-5", str(2**63), "1" * 19, " 5", "1e3"):
         r = await client.get("/v1/jobs/job-1/events", headers={**tenant("t1"), "Last-Event-ID": beyond})
         assert r.status_code == 422 and r.json()["error"]["message"].startswith("Last-Event-ID: "), beyond
 
@@ -79,4 +87,4 @@ async def test_unknown_job_is_404_before_the_stream(client: httpx.AsyncClient, f
 async def test_a_stream_that_ends_early_just_ends(client: httpx.AsyncClient, fakes: Fakes) -> None:
     fakes.scheduler.reply("WatchJob", events()[:2])
     r = await client.get("/v1/jobs/job-1/events", headers=tenant("t1"))
-    assert [e["id"] for e in parse(r.text)] == ["1", "2"]
+    assert [e["id"] for e in parse(r.text)] == [sse_id(1), sse_id(2)]

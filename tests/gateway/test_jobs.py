@@ -116,13 +116,13 @@ async def test_positive_authentication_is_cached(client: httpx.AsyncClient, fake
 
 
 async def test_list_jobs_passes_filters_and_the_cursor(client: httpx.AsyncClient, fakes: Fakes) -> None:
-    fakes.scheduler.reply("ListJobs", scheduler_pb2.ListJobsResponse(jobs=[a_job()], next="cursor-2"))
-    r = await client.get("/v1/jobs?status=DONE&limit=10&after=cursor-1", headers=tenant("t1"))
+    fakes.scheduler.reply("ListJobs", scheduler_pb2.ListJobsResponse(jobs=[a_job()], next="2002"))
+    r = await client.get("/v1/jobs?status=DONE&limit=10&after=1001", headers=tenant("t1"))
     assert r.status_code == 200, r.text
-    assert r.json()["next"] == "cursor-2"
+    assert r.json()["next"] == "2002"
     assert [j["id"] for j in r.json()["jobs"]] == ["job-1"]
     sent = fakes.scheduler.calls("ListJobs")[0]
-    assert (sent.status, sent.limit, sent.after) == (scheduler_pb2.JOB_DONE, 10, "cursor-1")
+    assert (sent.status, sent.limit, sent.after) == (scheduler_pb2.JOB_DONE, 10, "1001")
 
     fakes.scheduler.reply("ListJobs", scheduler_pb2.ListJobsResponse())
     assert (await client.get("/v1/jobs", headers=tenant("t1"))).json() == {"jobs": [], "next": None}

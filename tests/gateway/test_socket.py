@@ -15,6 +15,7 @@ from standardwebhooks import Webhook
 from services.gateway.app import create_app
 from tests.gateway.conftest import serve, settings_for, tenant
 from tests.gateway.fakes import Fakes
+from tests.gateway.test_events import sse_id
 
 PROVIDER_SECRET = "whsec_" + "cHJvdmlkZXItc2lkZS1zZWNyZXQtMTIzNA=="
 
@@ -63,7 +64,7 @@ async def test_events_stream_over_a_socket(gateway_url: str, fakes: Fakes) -> No
     lines = []
     async with (
         httpx.AsyncClient(base_url=gateway_url) as http,
-        http.stream("GET", "/v1/jobs/job-1/events", headers={**tenant("t1"), "Last-Event-ID": "6"}) as r,
+        http.stream("GET", "/v1/jobs/job-1/events", headers={**tenant("t1"), "Last-Event-ID": sse_id(6)}) as r,
     ):
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -71,9 +72,9 @@ async def test_events_stream_over_a_socket(gateway_url: str, fakes: Fakes) -> No
             lines.append(line)
     assert [line for line in lines if line.startswith(("event:", "id:"))] == [
         "event: job",
-        "id: 7",
+        f"id: {sse_id(7)}",
         "event: job",
-        "id: 8",
+        f"id: {sse_id(8)}",
     ]
     assert fakes.scheduler.calls("WatchJob")[0].after_seq == 6
 
