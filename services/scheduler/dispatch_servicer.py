@@ -29,7 +29,8 @@ class DispatchServicer(scheduler_pb2_grpc.DispatchServicer):
         first = await anext(aiter(signals), None)
         if first is None or first.WhichOneof("signal") != "hello":
             raise InvalidRequest("a work stream starts with a hello")
-        worker = Worker(name=first.hello.worker_id, providers=frozenset(first.hello.providers))
+        worker = Worker(name=first.hello.worker_id, providers=frozenset(first.hello.providers),
+                        accepts_cancels=first.hello.accepts_cancels)
         registry = self._dispatcher.workers
         registry.add(worker)
         log.info("worker %s connected", worker.name)
@@ -62,7 +63,7 @@ class DispatchServicer(scheduler_pb2_grpc.DispatchServicer):
             log.info("worker %s disconnected (%d undelivered handed back)", worker.name, len(unsent))
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
-        return await self._outcomes.heartbeat(request.leases)
+        return await self._outcomes.heartbeat(request.leases, accepts_cancels=request.accepts_cancels)
 
     async def RecordUpstream(self, request: pb.RecordUpstreamRequest, context: Ctx) -> pb.RecordUpstreamResponse:
         return pb.RecordUpstreamResponse(

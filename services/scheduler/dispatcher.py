@@ -368,7 +368,7 @@ class Dispatcher:
                 item_id=str(row["id"]), job_id=str(row["job_id"]), tenant=row["tenant_id"],
                 lease=row["lease"], attempt=row["attempts"], provider=row["provider"],
                 model=row["model"], operation=row["operation"], input_json=row["input"],
-                upstream_id=row["upstream_id"] or "", grant_id=grant_id,
+                upstream_id=row["upstream_id"] or "", grant_id=grant_id, canceled=bool(row["canceled"]),
                 lease_expires_at=row["leased_until"].timestamp(),
             )
             claimed[row["tenant_id"]] += 1

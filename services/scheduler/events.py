@@ -176,6 +176,11 @@ async def watch(
             # read is also the check that the caller may see the job (NotFound otherwise).
             job = await jobs.get(tenant, job_id)
             terminal = job.finished_at > 0
+            if not terminal and job.status == pb.JOB_CANCELED:
+                # A reader of events stops at a terminal status (the gateway ends the SSE
+                # stream there), and a canceled job's items in flight are still ending as
+                # their provider answers the cancel: until the last has, it reads PROCESSING.
+                job.status = pb.JOB_PROCESSING
             now = loop.time()
             after = cursor.start(now, final=terminal)
             while True:

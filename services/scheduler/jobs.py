@@ -44,9 +44,11 @@ def parse_id(value: str, what: str) -> uuid.UUID:
 
 
 def job_status(row: Any) -> pb.JobStatus.ValueType:
+    # A canceled job reads CANCELED at once; its items in flight still end as their
+    # provider answers the cancel (its counts move, and `finished_at` is set with the last).
+    if row["canceled"]:
+        return pb.JOB_CANCELED
     if row["finished_at"] is not None:
-        if row["canceled"]:
-            return pb.JOB_CANCELED
         return pb.JOB_FAILED if row["n_failed"] else pb.JOB_DONE
     if row["n_pending"] == row["items_total"] and not row["canceled"] and not row["retrying"]:
         return pb.JOB_PENDING

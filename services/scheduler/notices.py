@@ -1,8 +1,9 @@
 """What replicas tell each other through PostgreSQL LISTEN/NOTIFY.
 
 One connection per replica listens on every channel the scheduler uses:
-`fairway_backlog` (a submit), `fairway_tenants` (a tenant's policy changed) and
-`fairway_jobs` (items of these jobs changed). A notification sent while the connection
+`fairway_backlog` (a submit), `fairway_tenants` (a tenant's policy changed),
+`fairway_jobs` (items of these jobs changed) and `fairway_cancels` (these items in flight
+were canceled: `cancels.py`). A notification sent while the connection
 was down is lost, so when it drops (a database restart, a network cut) it is opened again
 (a supervised loop: retried with backoff until the database answers), and the
 `on_reconnect` callbacks run for each listener to catch up on what it missed.

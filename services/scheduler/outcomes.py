@@ -1,7 +1,9 @@
 """What happens to a leased item: heartbeats, completion, failure and retry, expiry, cancel.
 
 Every change is fenced by the lease: only the current holder of a PROCESSING item can
-move it, so an item completes once however many predictors once held it.
+move it, so an item completes once however many predictors once held it. That holds for a
+canceled job's items in flight too: they keep their leases until their holders say how the
+upstream call ended (docs/design/scheduler.md, "Cancel").
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 from services.common.logging import get_logger
 from services.common.supervision import Supervisor
 from services.scheduler.batching import GroupCommit
+from services.scheduler.cancels import CancelNotices
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.counts import CountFolder
 from services.scheduler.dispatcher import Dispatcher
@@ -33,13 +36,14 @@ _DEADLOCK_RETRIES = 3
 class Outcomes:
     def __init__(
         self, pool: asyncpg.Pool, dispatcher: Dispatcher, signals: JobSignals, jobs: Jobs,
-        config: SchedulerConfig,
+        config: SchedulerConfig, cancels: CancelNotices,
     ) -> None:
         self._pool = pool
         self._dispatcher = dispatcher
         self._signals = signals
         self._jobs = jobs
         self._config = config
+        self._cancels = cancels
         self.counts = CountFolder(pool, signals, delay=config.fold_delay_seconds, sweep=config.fold_sweep_seconds)
         self._completions = GroupCommit(self._flush_completions, max_batch=500)
         self._failures = GroupCommit(self._flush_failures, max_batch=500)
@@ -78,35 +82,37 @@ class Outcomes:
         rows = await self._apply_failures(
             [uuid.UUID(f.lease.item_id) for f in batch], [f.lease.lease for f in batch],
             [f.error[:4000] for f in batch], [f.retryable for f in batch],
-            [f.retry_after_s for f in batch], backoff=True,
+            [f.retry_after_s for f in batch], backoff=True, canceled=[f.canceled for f in batch],
         )
         failed = {str(r["id"]) for r in rows}
         return [f.lease.item_id in failed for f in batch]
 
     async def _apply_failures(
         self, ids: list[uuid.UUID], leases: list[int], errors: list[str], retry: list[bool],
-        retry_after: list[float], *, backoff: bool, counted: bool = True,
+        retry_after: list[float], *, backoff: bool, counted: bool = True, canceled: list[bool] | None = None,
     ) -> list[Any]:
-        """Fail or retry leased items. `counted` False: the attempt does not count (the
-        item never reached a predictor)."""
+        """Fail, retry or (an item of a canceled job) cancel leased items. `counted` False:
+        the attempt does not count (the item never reached a predictor). `canceled`: the
+        holder says the provider canceled the call, or it never reached the provider."""
         base = self._config.retry_base_seconds if backoff else 0.0
         rows = await self._moving(
             ("lock_tenants_of_items", "lock_counts_of_items"), QUERIES["fail_items"],
             ids, leases, errors, retry, retry_after,
             self._config.max_attempts, base, self._config.retry_max_seconds, [counted] * len(ids),
+            canceled or [False] * len(ids),
         )
         for row in rows:
             if row["status"] == "PENDING":
                 OUTCOMES.labels("retry").inc()
                 self._dispatcher.add_backlog_later(row["delay_s"], row["lane"], row["tenant_id"], 1)
             else:
-                OUTCOMES.labels("failed").inc()
+                OUTCOMES.labels(row["status"].lower()).inc()
         self._after(rows)
         return list(rows)
 
     # ---- leases ----
 
-    async def heartbeat(self, leases: Sequence[pb.LeaseRef]) -> pb.HeartbeatResponse:
+    async def heartbeat(self, leases: Sequence[pb.LeaseRef], *, accepts_cancels: bool = False) -> pb.HeartbeatResponse:
         rows = await self._pool.fetch(
             QUERIES["heartbeat"], [uuid.UUID(r.item_id) for r in leases], [r.lease for r in leases],
             self._config.lease_seconds,
@@ -115,8 +121,21 @@ class Outcomes:
         lost = [r.item_id for r in leases if r.item_id not in held]
         # Which of the lost were canceled: the holder cancels those upstream, while an
         # expired lease's upstream call is left running for the next holder to resume.
-        canceled = await self._pool.fetch(QUERIES["canceled_items"], [uuid.UUID(i) for i in lost]) if lost else []
-        return pb.HeartbeatResponse(lost=lost, canceled=[str(r["id"]) for r in canceled])
+        gone = await self._pool.fetch(QUERIES["canceled_items"], [uuid.UUID(i) for i in lost]) if lost else []
+        canceled = [str(r["id"]) for r in gone]
+        of_canceled_jobs = [r for r in rows if r["canceled"]]
+        if accepts_cancels or not of_canceled_jobs:
+            # Held items of canceled jobs stay held: the predictor missed their pushed cancel.
+            return pb.HeartbeatResponse(lost=lost, canceled=canceled, cancel=[str(r["id"]) for r in of_canceled_jobs])
+        # A predictor that reports no upstream cancel learns of it here, as it always did: it
+        # drops the item and cancels its call, reporting nothing, so the item ends CANCELED now.
+        ended = await self._apply_failures(
+            [r["id"] for r in of_canceled_jobs], [r["lease"] for r in of_canceled_jobs],
+            ["canceled: the job was canceled"] * len(of_canceled_jobs), [False] * len(of_canceled_jobs),
+            [0.0] * len(of_canceled_jobs), backoff=False, canceled=[True] * len(of_canceled_jobs),
+        )
+        ended_ids = [str(r["id"]) for r in ended]
+        return pb.HeartbeatResponse(lost=lost + ended_ids, canceled=canceled + ended_ids)
 
     async def hand_back(self, leases: Sequence[pb.LeaseRef]) -> None:
         """Items claimed for a predictor that never received them: PENDING again, no attempt lost."""
@@ -159,24 +178,29 @@ class Outcomes:
     # ---- cancel and upstream results ----
 
     async def cancel(self, tenant: str, job_id: str) -> pb.Job:
-        """Cancel a job: pending items at once, in-flight ones fenced off from their holders."""
+        """Cancel a job: the items that never reached the provider at once; the holders of
+        those in flight are told at once, on whichever replica holds their streams, and keep
+        them until they report how the upstream call ended."""
         job = await self._jobs.get(tenant, job_id)
         key = uuid.UUID(job.id)
+        rows: list[Any] = []
+        in_flight: list[str] = []
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(QUERIES["lock_tenant_of_job"], key)
             await conn.execute(QUERIES["lock_counts_of_job"], key)
             marked = await conn.fetchrow(QUERIES["mark_job_canceled"], key, tenant)
-            rows = []
             if marked is not None:
-                # Its own statement, so that the next one sees what a claim holding the
-                # cursor leased before it let go.
+                # Statements of their own, so that the next ones see what a claim holding the
+                # cursor or a retry leased before it let go.
                 await conn.execute(QUERIES["close_job_cursor"], key)
+                await conn.execute(QUERIES["lock_job_retries"], key)
                 rows = await conn.fetch(QUERIES["cancel_items"], key, marked["tenant_id"], marked["lane"])
+                leased = await conn.fetch(QUERIES["job_leases"], key, marked["tenant_id"])
+                in_flight = [str(r["item_id"]) for r in leased]
+                await self._cancels.announce(conn, in_flight)
         for row in rows:
-            if row["was"] == "PENDING":
-                self._dispatcher.remove_backlog(row["lane"], row["tenant_id"], 1)
-            else:
-                self._dispatcher.finished(row["tenant_id"])
+            self._dispatcher.remove_backlog(row["lane"], row["tenant_id"], 1)
+        self._cancels.tell(in_flight)
         # Completions of the job not folded yet: the job is finished once they are.
         await self.counts.fold()
         self._signals.touch([job.id])
@@ -206,7 +230,8 @@ class Outcomes:
                 if attempt == _DEADLOCK_RETRIES - 1:
                     raise
                 log.warning("deadlock applying an upstream result; running it again")
-        OUTCOMES.labels("done" if result.status == "succeeded" else "failed").inc(len(moved))
+        for row in moved:
+            OUTCOMES.labels("done" if result.status == "succeeded" else row["status"].lower()).inc()
         self._after(moved)
         if moved and result.status == "succeeded":
             self.counts.wake()
@@ -227,9 +252,10 @@ class Outcomes:
         for lock in ("lock_tenants_of_items", "lock_counts_of_items"):
             await conn.execute(QUERIES[lock], ids)
         error = (result.error or f"prediction {result.status}")[:4000]
+        # Canceled by the provider: CANCELED if the item's job was canceled, else FAILED.
         return list(await conn.fetch(
             QUERIES["fail_items"], ids, leases, [error], [False], [0.0], self._config.max_attempts,
-            self._config.retry_base_seconds, self._config.retry_max_seconds, [True],
+            self._config.retry_base_seconds, self._config.retry_max_seconds, [True], [result.status == "canceled"],
         ))
 
     async def _moving(self, locks: Sequence[str], query: str, ids: list[uuid.UUID], *args: Any) -> list[Any]:

@@ -20,6 +20,8 @@ from services.common.limits import Limits
 from services.common.supervision import Supervisor
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.errors import BudgetUnavailable
+from services.scheduler.cancels import CHANNEL as CANCELS_CHANNEL
+from services.scheduler.cancels import CancelNotices
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.dispatch_servicer import DispatchServicer
 from services.scheduler.dispatcher import Dispatcher
@@ -101,11 +103,13 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
                             DispatchRates(pool, replica))
     jobs = Jobs(pool, item_cost=config.item_cost, replica=replica, on_backlog=dispatcher.add_backlog,
                 limits=Limits.load(config.limits_path))
-    outcomes = Outcomes(pool, dispatcher, signals, jobs, config)
+    cancels = CancelNotices(dispatcher.workers, replica)
+    outcomes = Outcomes(pool, dispatcher, signals, jobs, config, cancels)
     notices = Notices(config.database_url)
     notices.subscribe("fairway_backlog", dispatcher.heard_backlog)
     notices.subscribe("fairway_tenants", dispatcher.heard_tenant)
     notices.subscribe("fairway_jobs", signals.heard)
+    notices.subscribe(CANCELS_CHANNEL, cancels.heard)
     notices.on_reconnect(dispatcher.catch_up)
     notices.on_reconnect(signals.wake_all)
     server, port, health = create_server(

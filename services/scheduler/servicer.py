@@ -77,8 +77,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return await self._jobs.list_items(request)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.Job:
-        # In-flight calls are canceled upstream by their predictors, which learn at their
-        # next heartbeat that the item is no longer theirs.
+        # In-flight calls are canceled upstream by their predictors, told at once on their
+        # work streams (on every replica); each item ends as its provider answers the cancel.
         return await self._outcomes.cancel(request.tenant, request.job_id)
 
     async def WatchJob(self, request: pb.WatchJobRequest, context: Ctx) -> AsyncIterator[pb.JobEvent]:

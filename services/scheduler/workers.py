@@ -12,10 +12,15 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 _ids = itertools.count(1)
 
 
+# Item ids per cancel message on a stream (a message stays far below gRPC's 4 MB).
+CANCELS_PER_MESSAGE = 1000
+
+
 @dataclass(eq=False)
 class Worker:
     name: str
     providers: frozenset[str]
+    accepts_cancels: bool = False
     slots: int = 0
     outbox: asyncio.Queue[pb.Assignment] = field(default_factory=asyncio.Queue)
     key: int = field(default_factory=lambda: next(_ids))
@@ -38,11 +43,28 @@ class WorkerRegistry:
         self._workers.pop(worker.key, None)
         unsent = []
         while not worker.outbox.empty():
-            unsent.append(worker.outbox.get_nowait())
+            message = worker.outbox.get_nowait()
+            if message.item_id:  # not a cancel notice
+                unsent.append(message)
         return unsent
 
     def connected(self) -> list[Worker]:
         return list(self._workers.values())
+
+    def tell_canceled(self, item_ids: list[str]) -> int:
+        """Tell every stream that accepts cancels that these items' jobs were canceled; the
+        holders act on theirs, the others ignore them (no map of holders is kept: a cancel is
+        rare, and an in-flight item is on one of this replica's streams or another's).
+        Queued behind the assignments already in each outbox, so an item is never told
+        before it is handed out. The number of streams told."""
+        told = 0
+        for worker in self._workers.values():
+            if not worker.accepts_cancels:
+                continue
+            for start in range(0, len(item_ids), CANCELS_PER_MESSAGE):
+                worker.outbox.put_nowait(pb.Assignment(canceled_item_ids=item_ids[start:start + CANCELS_PER_MESSAGE]))
+            told += 1
+        return told
 
     def free_slots(self, provider: str | None = None) -> int:
         return sum(w.slots for w in self._workers.values() if provider is None or w.accepts(provider))

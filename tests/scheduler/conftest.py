@@ -160,13 +160,18 @@ async def replica_pair(start_scheduler: StartScheduler) -> AsyncIterator[StartPa
 
 
 class FakePredictor:
-    """A predictor's side of `Dispatch.Work`: says how many items it can take, collects them."""
+    """A predictor's side of `Dispatch.Work`: says how many items it can take, collects them
+    (and, with `accepts_cancels`, the ids of canceled items pushed on the stream)."""
 
-    def __init__(self, client: Client, name: str = "fake", providers: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, client: Client, name: str = "fake", providers: tuple[str, ...] = (), *, accepts_cancels: bool = False,
+    ) -> None:
         self._client = client
         self._signals: asyncio.Queue[pb.WorkerSignal | None] = asyncio.Queue()
-        self._signals.put_nowait(pb.WorkerSignal(hello=pb.WorkerHello(worker_id=name, providers=providers)))
+        self._signals.put_nowait(pb.WorkerSignal(hello=pb.WorkerHello(
+            worker_id=name, providers=providers, accepts_cancels=accepts_cancels)))
         self.received: asyncio.Queue[pb.Assignment] = asyncio.Queue()
+        self.canceled: asyncio.Queue[list[str]] = asyncio.Queue()
         self._call = client.dispatch.Work(self._outgoing())
         self._reader = asyncio.create_task(self._read())
 
@@ -175,8 +180,11 @@ class FakePredictor:
             yield signal
 
     async def _read(self) -> None:
-        async for assignment in self._call:
-            self.received.put_nowait(assignment)
+        async for message in self._call:
+            if message.item_id:
+                self.received.put_nowait(message)
+            if message.canceled_item_ids:
+                self.canceled.put_nowait(list(message.canceled_item_ids))
 
     def ready(self, n: int) -> None:
         self._signals.put_nowait(pb.WorkerSignal(ready=n))
@@ -193,13 +201,20 @@ class FakePredictor:
         return response
 
     async def fail(
-        self, assignments: list[pb.Assignment], error: str, *, retryable: bool, retry_after_s: float = 0.0
+        self, assignments: list[pb.Assignment], error: str, *, retryable: bool, retry_after_s: float = 0.0,
+        canceled: bool = False,
     ) -> pb.OutcomeResponse:
         response: pb.OutcomeResponse = await self._client.dispatch.Fail(pb.FailRequest(failures=[
             pb.Failure(lease=pb.LeaseRef(item_id=a.item_id, lease=a.lease), error=error,
-                       retryable=retryable, retry_after_s=retry_after_s)
+                       retryable=retryable, retry_after_s=retry_after_s, canceled=canceled)
             for a in assignments
         ]))
+        return response
+
+    async def heartbeat(self, assignments: list[pb.Assignment], *, accepts_cancels: bool) -> pb.HeartbeatResponse:
+        response: pb.HeartbeatResponse = await self._client.dispatch.Heartbeat(pb.HeartbeatRequest(
+            worker_id="fake", leases=[pb.LeaseRef(item_id=a.item_id, lease=a.lease) for a in assignments],
+            accepts_cancels=accepts_cancels))
         return response
 
     async def close(self) -> None:

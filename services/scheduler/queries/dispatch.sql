@@ -101,11 +101,15 @@ WITH wanted AS (
 ), unqueued AS (
     DELETE FROM retries WHERE item_id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0))
 ), items_taken AS (
-    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id, i.est_tokens, j.provider, j.model, j.operation
+    -- A retried item of a canceled job (one with a recorded upstream call) goes out to be
+    -- canceled upstream; a job's cursor is gone once it is canceled.
+    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id, i.est_tokens, j.provider, j.model, j.operation,
+           j.canceled
     FROM items i JOIN jobs j ON j.id = i.job_id
     WHERE i.id = ANY(ARRAY(SELECT item_id FROM taken WHERE kind = 0)) AND i.status = 'PENDING'
     UNION ALL
-    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id, i.est_tokens, t.provider, t.model, t.operation
+    SELECT i.id, i.job_id, i.tenant_id, i.attempts, i.input, i.upstream_id, i.est_tokens, t.provider, t.model, t.operation,
+           false
     FROM taken t CROSS JOIN LATERAL (
         SELECT id, job_id, tenant_id, attempts, input, upstream_id, est_tokens FROM items
         WHERE job_id = t.job_id AND seq > t.dispatched AND seq <= t.last_seq AND status = 'PENDING'
@@ -123,12 +127,12 @@ WITH wanted AS (
 SELECT r.tenant_id AS room_tenant, r.n AS room, r.deferred, NULL::uuid AS id, NULL::uuid AS job_id,
        NULL::text AS tenant_id, NULL::bigint AS lease, NULL::int AS attempts, NULL::text AS input,
        NULL::text AS upstream_id, NULL::int AS est_tokens, NULL::timestamptz AS leased_until, NULL::text AS provider,
-       NULL::text AS model, NULL::text AS operation
+       NULL::text AS model, NULL::text AS operation, NULL::boolean AS canceled
 FROM room r
 UNION ALL
 SELECT NULL, NULL, NULL, c.id, c.job_id, c.tenant_id, c.lease, c.attempt, c.input, c.upstream_id, c.est_tokens,
        c.leased_until,
-       c.provider, c.model, c.operation
+       c.provider, c.model, c.operation, c.canceled
 FROM chosen c;
 
 -- name: job_stripes_left

@@ -54,12 +54,13 @@ SELECT * FROM job_progress WHERE id = $1 AND ($2 = '' OR tenant_id = $2);
 
 -- name: list_jobs
 -- A job is PENDING while none of its items has started: none finished, none in flight and
--- none waiting for another attempt.
+-- none waiting for another attempt. A canceled job is CANCELED from the cancel on, while
+-- its items in flight finish.
 SELECT * FROM job_progress
 WHERE ($1 = '' OR tenant_id = $1) AND seq < $2
   AND ($3 = '' OR CASE $3
-        WHEN 'PENDING' THEN finished_at IS NULL AND n_pending = items_total AND NOT retrying
-        WHEN 'PROCESSING' THEN finished_at IS NULL AND (n_pending < items_total OR retrying)
+        WHEN 'PENDING' THEN finished_at IS NULL AND NOT canceled AND n_pending = items_total AND NOT retrying
+        WHEN 'PROCESSING' THEN finished_at IS NULL AND NOT canceled AND (n_pending < items_total OR retrying)
         WHEN 'DONE' THEN finished_at IS NOT NULL AND NOT canceled AND n_failed = 0
         WHEN 'FAILED' THEN finished_at IS NOT NULL AND NOT canceled AND n_failed > 0
         WHEN 'CANCELED' THEN canceled END)

@@ -5,7 +5,8 @@
 -- holder moves it, and only once, because the change deletes the lease row.
 --
 -- Lock order, in every transaction that moves items: tenants (by id), then queue_counts
--- (by lane, tenant), then job_cursors, then leases, then items, then jobs. Each lock_*
+-- (by lane, tenant), then job_cursors, then retries (only a cancel locks them), then leases,
+-- then items, then jobs. Each lock_*
 -- statement runs first in its transaction, so two transactions never wait on each other
 -- in a cycle. A completion locks only its leases and items, and inserts
 -- count_moves: it takes no counter lock. fold_count_moves locks queue_counts (by lane,
@@ -13,10 +14,12 @@
 -- and insert leases: they wait on no lease or item.
 
 -- name: heartbeat
+-- The leases still held, and whether each one's job was canceled (its holder cancels the
+-- upstream call and reports how it ended).
 UPDATE leases l SET leased_until = now() + make_interval(secs => $3)
 FROM unnest($1::uuid[], $2::bigint[]) AS h(id, lease)
 WHERE l.item_id = ANY($1::uuid[]) AND l.item_id = h.id AND l.lease = h.lease
-RETURNING l.item_id AS id;
+RETURNING l.item_id AS id, l.lease, (SELECT j.canceled FROM jobs j WHERE j.id = l.job_id) AS canceled;
 
 -- name: canceled_items
 SELECT id FROM items WHERE id = ANY($1::uuid[]) AND status = 'CANCELED';
@@ -84,51 +87,66 @@ SELECT (SELECT count(*) FROM moves) AS folded, array_agg(id) FILTER (WHERE finis
 -- (exponential with full jitter, never sooner than the upstream's retry-after); anything
 -- else is FAILED and its credits are refunded. `counted` false: the attempt does not
 -- count (the item never reached a predictor). $6 max attempts, $7 backoff base s, $8 cap s.
+--
+-- An item of a canceled job is never dispatched again as work. Reported `canceled` ($10:
+-- the provider canceled its call, or it never reached the provider), it is CANCELED. A
+-- retryable end (a lost lease, a hand-back, a transient error) makes it CANCELED too when
+-- no upstream call was ever recorded for it; when one was (the provider may be running it),
+-- it waits in `retries` with no backoff, and its next holder cancels that call and reports
+-- how it ended. Either way a CANCELED item is refunded, like a FAILED one.
 WITH f AS (
-    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::boolean[], $5::float8[], $9::boolean[])
-        AS f(id, lease, error, retry, retry_after, counted)
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::boolean[], $5::float8[], $9::boolean[],
+                         $10::boolean[])
+        AS f(id, lease, error, retry, retry_after, counted, canceled)
 ), released AS (
     DELETE FROM leases l USING f
     WHERE l.item_id = ANY($1::uuid[]) AND l.item_id = f.id AND l.lease = f.lease
-    RETURNING l.item_id, l.started_at, f.error, f.retry_after,
-              CASE WHEN f.counted THEN l.attempt ELSE l.attempt - 1 END AS attempts,
-              f.retry AND (CASE WHEN f.counted THEN l.attempt ELSE l.attempt - 1 END) < $6 AS again
+    RETURNING l.item_id, l.job_id, l.started_at, f.error, f.retry_after, f.retry, f.canceled,
+              CASE WHEN f.counted THEN l.attempt ELSE l.attempt - 1 END AS attempts
+), judged AS (
+    SELECT r.*, j.canceled AS job_canceled,
+           CASE WHEN j.canceled AND r.canceled THEN 'CANCELED'
+                WHEN r.retry AND r.attempts < $6 AND (NOT j.canceled OR i.upstream_id IS NOT NULL) THEN 'PENDING'
+                WHEN j.canceled AND r.retry THEN 'CANCELED'
+                ELSE 'FAILED' END AS next
+    FROM released r JOIN jobs j ON j.id = r.job_id JOIN items i ON i.id = r.item_id
 ), changed AS (
     UPDATE items i SET
-        status = CASE WHEN r.again THEN 'PENDING' ELSE 'FAILED' END,
-        attempts = r.attempts, error = r.error, started_at = coalesce(i.started_at, r.started_at),
-        finished_at = CASE WHEN r.again THEN NULL ELSE now() END,
+        status = g.next, attempts = g.attempts, error = g.error, started_at = coalesce(i.started_at, g.started_at),
+        finished_at = CASE WHEN g.next = 'PENDING' THEN NULL ELSE now() END,
         change_seq = nextval('item_changes')
-    FROM released r
-    WHERE i.id = r.item_id
+    FROM judged g
+    WHERE i.id = g.item_id
     RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.priority, i.cost, i.status,
-              CASE WHEN r.again THEN greatest(r.retry_after, random() * least(
-                  $8::float8, $7::float8 * 2 ^ greatest(r.attempts - 1, 0))) ELSE 0 END AS delay_s
+              CASE WHEN g.next <> 'PENDING' OR g.job_canceled THEN 0
+                   ELSE greatest(g.retry_after, random() * least(
+                  $8::float8, $7::float8 * 2 ^ greatest(g.attempts - 1, 0))) END AS delay_s
 ), requeued AS (
     INSERT INTO retries (item_id, job_id, lane, tenant_id, priority, run_after)
     SELECT id, job_id, lane, tenant_id, priority, now() + make_interval(secs => delay_s)
     FROM changed WHERE status = 'PENDING'
 ), counted AS (
-    -- A retried item stays unfinished: only the failed ones change the counters (a retry
-    -- still moves the job's updated_at).
-    UPDATE jobs j SET n_failed = j.n_failed + c.failed, updated_at = now(),
-        finished_at = coalesce(j.finished_at, CASE WHEN j.n_done + j.n_failed + c.failed + j.n_canceled = j.items_total
-                                                    THEN now() END)
-    FROM (SELECT job_id, count(*) FILTER (WHERE status = 'FAILED') AS failed FROM changed GROUP BY job_id) c
+    -- A retried item stays unfinished: only the failed and canceled ones change the counters
+    -- (a retry still moves the job's updated_at).
+    UPDATE jobs j SET n_failed = j.n_failed + c.failed, n_canceled = j.n_canceled + c.canceled, updated_at = now(),
+        finished_at = coalesce(j.finished_at, CASE WHEN j.n_done + j.n_failed + c.failed + j.n_canceled + c.canceled
+                                                        = j.items_total THEN now() END)
+    FROM (SELECT job_id, count(*) FILTER (WHERE status = 'FAILED') AS failed,
+                 count(*) FILTER (WHERE status = 'CANCELED') AS canceled FROM changed GROUP BY job_id) c
     WHERE j.id = c.job_id
 ), moved AS (
-    UPDATE queue_counts q SET unfinished = unfinished - c.failed
-    FROM (SELECT lane, tenant_id, count(*) AS failed FROM changed WHERE status = 'FAILED'
+    UPDATE queue_counts q SET unfinished = unfinished - c.ended
+    FROM (SELECT lane, tenant_id, count(*) AS ended FROM changed WHERE status <> 'PENDING'
           GROUP BY lane, tenant_id) c
     WHERE q.lane = c.lane AND q.tenant_id = c.tenant_id
 ), refunded AS (
     UPDATE tenants t SET credits = credits + r.amount
-    FROM (SELECT tenant_id, sum(cost) AS amount FROM changed WHERE status = 'FAILED' AND cost > 0
+    FROM (SELECT tenant_id, sum(cost) AS amount FROM changed WHERE status <> 'PENDING' AND cost > 0
           GROUP BY tenant_id) r
     WHERE t.id = r.tenant_id
 ), ledger AS (
     INSERT INTO credit_ledger (tenant_id, kind, amount, job_id, item_id)
-    SELECT tenant_id, 'refund', cost, job_id, id FROM changed WHERE status = 'FAILED' AND cost > 0
+    SELECT tenant_id, 'refund', cost, job_id, id FROM changed WHERE status <> 'PENDING' AND cost > 0
 )
 SELECT id, job_id, tenant_id, lane, status, delay_s FROM changed;
 
@@ -146,23 +164,25 @@ RETURNING id, tenant_id, lane;
 -- statement after this one sees what that claim leased.
 DELETE FROM job_cursors WHERE job_id = $1;
 
+-- name: lock_job_retries
+-- The job's items waiting for another attempt: waits for a claim that holds one (it takes
+-- them SKIP LOCKED), so the statements after this one see what that claim leased, and keeps
+-- the rest from claims until the cancel commits (a claim after it sees the job canceled).
+SELECT 1 FROM retries WHERE job_id = $1 FOR UPDATE;
+
 -- name: cancel_items
--- A job's unfinished items (queued, waiting for a retry, or in flight: their leases end
--- here) become CANCELED and their credits are refunded; the job is finished. $2 tenant,
--- $3 lane of the job. (Marking the job is a statement of its own: one statement must not
--- update the same job row twice.)
-WITH gone AS (
-    DELETE FROM leases WHERE tenant_id = $2 AND job_id = $1 RETURNING item_id, attempt, started_at
-), old AS (
-    SELECT i.id, g.attempt, g.started_at, g.item_id IS NOT NULL AS leased
-    FROM items i LEFT JOIN gone g ON g.item_id = i.id
-    WHERE i.job_id = $1 AND i.status = 'PENDING'
-), changed AS (
-    UPDATE items i SET status = 'CANCELED', finished_at = now(), attempts = coalesce(o.attempt, i.attempts),
-        started_at = coalesce(i.started_at, o.started_at), change_seq = nextval('item_changes')
-    FROM old o WHERE i.id = o.id
-    RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.cost, i.upstream_id,
-              CASE WHEN o.leased THEN 'PROCESSING' ELSE 'PENDING' END AS was
+-- The job's unfinished items that never reached the provider (queued, or waiting for a
+-- retry with no upstream call recorded) become CANCELED and their credits are refunded; the
+-- job is finished if nothing else is left. $2 tenant, $3 lane of the job. Items in flight
+-- keep their leases until their holders report how the upstream call ended (`fail_items`,
+-- `complete_items`), and an item waiting for a retry with a recorded upstream call is
+-- dispatched once more, for its next holder to cancel that call. (Marking the job is a
+-- statement of its own: one statement must not update the same job row twice.)
+WITH changed AS (
+    UPDATE items i SET status = 'CANCELED', finished_at = now(), change_seq = nextval('item_changes')
+    WHERE i.job_id = $1 AND i.status = 'PENDING' AND i.upstream_id IS NULL
+      AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.item_id = i.id)
+    RETURNING i.id, i.job_id, i.tenant_id, i.lane, i.cost
 ), unqueued AS (
     DELETE FROM retries WHERE lane = $3 AND tenant_id = $2 AND item_id IN (SELECT id FROM changed)
 ), counted AS (
@@ -183,7 +203,15 @@ WITH gone AS (
     INSERT INTO credit_ledger (tenant_id, kind, amount, job_id, item_id)
     SELECT tenant_id, 'refund', cost, job_id, id FROM changed WHERE cost > 0
 )
-SELECT id, lane, tenant_id, was, upstream_id FROM changed;
+SELECT id, lane, tenant_id FROM changed;
+
+-- name: job_leases
+-- A canceled job's items in flight: their holders are told to cancel them upstream.
+SELECT item_id FROM leases WHERE tenant_id = $2 AND job_id = $1;
+
+-- name: notify_cancels
+-- Every replica tells its predictors' streams: "<replica>|<item id>,<item id>,…".
+SELECT pg_notify('fairway_cancels', $1);
 
 -- name: item_by_upstream
 SELECT i.id, l.lease FROM items i LEFT JOIN leases l ON l.item_id = i.id WHERE i.upstream_id = $1;

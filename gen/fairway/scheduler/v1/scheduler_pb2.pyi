@@ -1023,7 +1023,13 @@ class WorkerHello(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     PROVIDERS_FIELD_NUMBER: _builtins.int
+    ACCEPTS_CANCELS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    accepts_cancels: _builtins.bool
+    """The worker acts on cancels pushed on its stream (`Assignment.canceled_item_ids`,
+    `Assignment.canceled`) and reports how each canceled call ended. A worker without it
+    learns of a cancel at its next heartbeat, which ends the item there (`lost`, `canceled`).
+    """
     @_builtins.property
     def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """providers this worker can call; empty = all"""
@@ -1033,10 +1039,11 @@ class WorkerHello(_message.Message):
         *,
         worker_id: _builtins.str = ...,
         providers: _abc.Iterable[_builtins.str] | None = ...,
+        accepts_cancels: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["providers", b"providers", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_cancels", b"accepts_cancels", "providers", b"providers", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1084,6 +1091,8 @@ class Assignment(_message.Message):
     UPSTREAM_ID_FIELD_NUMBER: _builtins.int
     GRANT_ID_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CANCELED_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    CANCELED_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     job_id: _builtins.str
     tenant: _builtins.str
@@ -1099,6 +1108,19 @@ class Assignment(_message.Message):
     grant_id: _builtins.str
     """budget grant already taken for the upstream call ("" for none)"""
     lease_expires_at: _builtins.float
+    canceled: _builtins.bool
+    """This item's job was canceled: cancel its upstream call (`upstream_id`, recorded by a
+    previous holder) instead of resuming it, and report the end as above.
+    """
+    @_builtins.property
+    def canceled_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only to a worker that `accepts_cancels`. On a message without work (`item_id` ""):
+        the jobs of these items were canceled. Each one the worker holds keeps its lease until
+        its holder reports how its upstream call ended: Complete (with the output) if the
+        provider had finished it, Fail with `canceled` if the provider canceled it or it never
+        reached the provider. Ids the worker does not hold are ignored.
+        """
+
     def __init__(
         self,
         *,
@@ -1114,10 +1136,12 @@ class Assignment(_message.Message):
         upstream_id: _builtins.str = ...,
         grant_id: _builtins.str = ...,
         lease_expires_at: _builtins.float = ...,
+        canceled_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        canceled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "grant_id", b"grant_id", "input_json", b"input_json", "item_id", b"item_id", "job_id", b"job_id", "lease", b"lease", "lease_expires_at", b"lease_expires_at", "model", b"model", "operation", b"operation", "provider", b"provider", "tenant", b"tenant", "upstream_id", b"upstream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "canceled", b"canceled", "canceled_item_ids", b"canceled_item_ids", "grant_id", b"grant_id", "input_json", b"input_json", "item_id", b"item_id", "job_id", b"job_id", "lease", b"lease", "lease_expires_at", b"lease_expires_at", "model", b"model", "operation", b"operation", "provider", b"provider", "tenant", b"tenant", "upstream_id", b"upstream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1151,7 +1175,10 @@ class HeartbeatRequest(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     LEASES_FIELD_NUMBER: _builtins.int
+    ACCEPTS_CANCELS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    accepts_cancels: _builtins.bool
+    """as in WorkerHello: canceled items stay held (`cancel`)"""
     @_builtins.property
     def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseRef]: ...
     def __init__(
@@ -1159,10 +1186,11 @@ class HeartbeatRequest(_message.Message):
         *,
         worker_id: _builtins.str = ...,
         leases: _abc.Iterable[Global___LeaseRef] | None = ...,
+        accepts_cancels: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_cancels", b"accepts_cancels", "leases", b"leases", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1175,6 +1203,7 @@ class HeartbeatResponse(_message.Message):
     LOST_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CANCELED_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
     lease_expires_at: _builtins.float
     @_builtins.property
     def lost(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -1186,16 +1215,23 @@ class HeartbeatResponse(_message.Message):
         An expired lease is not in it, since another worker resumes that upstream call.
         """
 
+    @_builtins.property
+    def cancel(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With `accepts_cancels`: held items whose job was canceled (a pushed cancel that was
+        missed). They are still held: cancel them upstream and report how they ended.
+        """
+
     def __init__(
         self,
         *,
         lost: _abc.Iterable[_builtins.str] | None = ...,
         lease_expires_at: _builtins.float = ...,
         canceled: _abc.Iterable[_builtins.str] | None = ...,
+        cancel: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canceled", b"canceled", "lease_expires_at", b"lease_expires_at", "lost", b"lost"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "canceled", b"canceled", "lease_expires_at", b"lease_expires_at", "lost", b"lost"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1297,10 +1333,15 @@ class Failure(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_S_FIELD_NUMBER: _builtins.int
+    CANCELED_FIELD_NUMBER: _builtins.int
     error: _builtins.str
     retryable: _builtins.bool
     retry_after_s: _builtins.float
     """the upstream's hint, 0 if none"""
+    canceled: _builtins.bool
+    """The item's job was canceled and its call ended without a result: the provider canceled
+    it, or it never reached the provider. The item is CANCELED and refunded.
+    """
     @_builtins.property
     def lease(self) -> Global___LeaseRef: ...
     def __init__(
@@ -1310,10 +1351,11 @@ class Failure(_message.Message):
         error: _builtins.str = ...,
         retryable: _builtins.bool = ...,
         retry_after_s: _builtins.float = ...,
+        canceled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "lease", b"lease", "retry_after_s", b"retry_after_s", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canceled", b"canceled", "error", b"error", "lease", b"lease", "retry_after_s", b"retry_after_s", "retryable", b"retryable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
