@@ -7,6 +7,10 @@ when the provider has accepted its call and the item only waits for the result (
 waiting costs a timer, not a slot. Leases of every held item, parked or not, are kept alive
 by one batched heartbeat; an item the scheduler no longer considers ours is abandoned at
 once, and if it was canceled its upstream call is canceled too.
+
+A canceled job's items stay ours: the scheduler pushes their ids on the work stream (or, if
+that was missed, names them in a heartbeat's answer), and the adapter stops each upstream
+call at once; the provider's answer decides how the item ends (`providers/base.py`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import json
 import math
 import os
 import time
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from fairway.scheduler.v1 import scheduler_pb2 as pb
@@ -30,7 +35,7 @@ from services.common.logging import get_logger
 from services.predictor.config import PredictorConfig
 from services.predictor.errors import UpstreamError
 from services.predictor.metrics import IN_FLIGHT, ITEM_SECONDS, ITEMS, PARKED
-from services.predictor.providers.base import CallContext, LeaseLost, Provider
+from services.predictor.providers.base import CallContext, ItemCanceled, LeaseLost, Provider
 from services.predictor.reporting import Reporter
 from services.predictor.status import StatusLog
 from services.ratelimiter.client import BudgetClient
@@ -38,6 +43,9 @@ from services.ratelimiter.errors import RateLimiterError
 
 log = get_logger(__name__)
 HEARTBEAT_FRACTION = 1 / 3
+# Canceled ids heard for items not held (yet): a cancel heard through another replica can
+# overtake its item's assignment. The newest this many are remembered.
+EARLY_CANCELS = 10_000
 _PROVIDERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "providers") + os.sep
 
 
@@ -52,6 +60,8 @@ class Held:
     uninterrupted: bool = False
     lost: bool = False  # the lease is gone (noticed while the call could not be cut off)
     canceled: bool = False
+    # The item's job was canceled; the item is still ours (the adapter ends its call).
+    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Worker:
@@ -71,6 +81,7 @@ class Worker:
         self._next_beat = math.inf  # monotonic time of the next heartbeat
         self._beat_sooner = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self._early_cancels: OrderedDict[str, bool] = OrderedDict()
         self.status = StatusLog(config, budgets)
 
     # ---- lifecycle ----
@@ -132,7 +143,7 @@ class Worker:
         free = self._config.concurrency - self._slots_used
         self._signals = asyncio.Queue()
         self._signals.put_nowait(pb.WorkerSignal(hello=pb.WorkerHello(
-            worker_id=self._config.worker_id, providers=list(self._providers))))
+            worker_id=self._config.worker_id, providers=list(self._providers), accepts_cancels=True)))
         if free > 0:
             self._signals.put_nowait(pb.WorkerSignal(ready=free))
 
@@ -142,8 +153,10 @@ class Worker:
 
         call = self._dispatch.Work(outgoing())
         log.info("work stream open to %s (%d slots free)", self._config.scheduler_addr, free)
-        async for assignment in call:
-            self._start(assignment)
+        async for message in call:
+            if message.item_id:
+                self._start(message)
+            self._cancel_requested(message.canceled_item_ids)
 
     def _start(self, assignment: pb.Assignment) -> None:
         self._lease_seconds = max(1.0, assignment.lease_expires_at - time.time())
@@ -155,6 +168,8 @@ class Worker:
             self._next_beat = due
             self._beat_sooner.set()
         held = Held(assignment)
+        if assignment.canceled or self._early_cancels.pop(assignment.item_id, False):
+            held.cancel_requested.set()
         self._held[assignment.item_id] = held
         self._slots_used += 1
         IN_FLIGHT.set(self._slots_used)
@@ -185,6 +200,9 @@ class Worker:
                 usage_json=json.dumps(result.usage, separators=(",", ":")) if result.usage else ""))
         except LeaseLost:
             outcome = "lost"
+        except ItemCanceled as exc:
+            outcome = "canceled"
+            await self._reporter.fail(pb.Failure(lease=_lease(assignment), error=str(exc), canceled=True))
         except UpstreamError as exc:
             outcome = "retry" if exc.retryable else "failed"
             await self._reporter.fail(pb.Failure(lease=_lease(assignment), error=str(exc),
@@ -262,7 +280,7 @@ class Worker:
                 held.uninterrupted = False
 
         return CallContext(record_upstream=record_upstream, park=park, settle=settle, release=release,
-                           uninterrupted=uninterrupted)
+                           uninterrupted=uninterrupted, canceled=held.cancel_requested)
 
     # ---- leases ----
 
@@ -277,8 +295,8 @@ class Worker:
                 continue
             leases = [_lease(h.assignment) for h in self._held.values()]
             try:
-                reply = await self._dispatch.Heartbeat(
-                    pb.HeartbeatRequest(worker_id=self._config.worker_id, leases=leases), timeout=10)
+                reply = await self._dispatch.Heartbeat(pb.HeartbeatRequest(
+                    worker_id=self._config.worker_id, leases=leases, accepts_cancels=True), timeout=10)
             except grpc.aio.AioRpcError as exc:
                 log.warning("heartbeat failed: %s", exc.code().name)
                 continue
@@ -292,6 +310,20 @@ class Worker:
                 if held.uninterrupted:
                     continue  # the provider finishes the call it cannot cut off, then sees the loss
                 self._abandon(held)
+            self._cancel_requested(reply.cancel)  # pushed cancels this stream missed
+
+    def _cancel_requested(self, item_ids: Iterable[str]) -> None:
+        """These items' jobs were canceled: each held one's adapter stops its upstream call
+        and reports how it ended. An id not held may belong to an assignment still on its way."""
+        for item_id in item_ids:
+            held = self._held.get(item_id)
+            if held is None:
+                self._early_cancels[item_id] = True
+                if len(self._early_cancels) > EARLY_CANCELS:
+                    self._early_cancels.popitem(last=False)
+            elif not held.cancel_requested.is_set():
+                log.info("item %s: its job was canceled; canceling its upstream call", item_id)
+                held.cancel_requested.set()
 
     def _abandon(self, held: Held) -> None:
         """Stop working on an item that is no longer ours; cancel its upstream call if it was canceled.

@@ -3,6 +3,7 @@ an item (`CallContext`) and Replicate's HTTP answers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -69,6 +70,7 @@ class Context:
         self.released = 0
         self.settled: list[int] = []
         self._lease_held = lease_held
+        self.canceled = asyncio.Event()  # the item's job was canceled
 
     async def record_upstream(self, upstream_id: str) -> bool:
         self.recorded.append(upstream_id)
@@ -89,7 +91,7 @@ class Context:
 
     def ctx(self) -> CallContext:
         return CallContext(record_upstream=self.record_upstream, park=self.park, settle=self.settle,
-                           release=self.release, uninterrupted=self.uninterrupted)
+                           release=self.release, uninterrupted=self.uninterrupted, canceled=self.canceled)
 
 
 def prediction(pid: str, status: str = "starting", prompt: str = "x") -> dict[str, Any]:

@@ -5,16 +5,22 @@
         async def run(self, assignment, ctx) -> Result: ...    # one item, start to end
         async def cancel(self, upstream_id) -> None: ...        # stop a call the provider holds
         async def close(self) -> None: ...
+
+When the item's job is canceled, `ctx.canceled` is set while `run` goes on: the adapter
+stops its upstream call and lets the provider's answer decide the end. A result the provider
+had already produced is returned as usual (the item is DONE, and charged); a call the
+provider canceled, or that never reached it, ends in `ItemCanceled` (CANCELED, refunded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
@@ -28,8 +34,21 @@ class Result:
     usage: dict[str, Any] = field(default_factory=dict)
 
 
+T = TypeVar("T")
+
+
 class LeaseLost(Exception):
     """The item is no longer ours (canceled, or its lease expired): report nothing."""
+
+
+class ItemCanceled(Exception):
+    """The item's job was canceled and its call ended without a result: the provider
+    canceled it, or it never reached the provider. Reported as such: CANCELED, refunded.
+    `sent`: the request may have reached the provider (its budget grant was used)."""
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 @dataclass
@@ -47,6 +66,32 @@ class CallContext:
     # While inside, losing the lease does not cut the call off: a create whose answer is
     # dropped would leave a paid call nobody knows of. The adapter cleans up afterwards.
     uninterrupted: Callable[[], AbstractAsyncContextManager[None]]
+    # Set when the item's job is canceled (the item stays ours): stop the upstream call and
+    # let the provider's answer decide how the item ends.
+    canceled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def unless_canceled(call: Awaitable[T], canceled: asyncio.Event, what: str) -> T:
+    """`call`'s result, unless `canceled` is set before it arrives: then the call is cut off
+    (its task canceled, so the SDK drops the request) and `ItemCanceled` is raised. A result
+    that arrived first wins, even if the cancel came in the same moment."""
+    if canceled.is_set():
+        if asyncio.iscoroutine(call):
+            call.close()
+        raise ItemCanceled(f"{what} was not sent: the job was canceled", sent=False)
+    task = asyncio.ensure_future(call)
+    waiter = asyncio.ensure_future(canceled.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task  # the cut call's cleanup (its connection closed) runs now
+    if task.cancelled():
+        raise ItemCanceled(f"{what} was aborted before the provider answered: the job was canceled")
+    return task.result()
 
 
 class Provider(Protocol):
@@ -88,7 +133,7 @@ class CallGate:
 
 def call_outcome(exc: BaseException) -> str:
     """The `outcome` label of a failed call: canceled, unsent, timeout, 429, 4xx, 5xx or reset."""
-    if isinstance(exc, asyncio.CancelledError):
+    if isinstance(exc, (asyncio.CancelledError, ItemCanceled)):
         return "canceled"
     if never_sent(exc):
         return "unsent"

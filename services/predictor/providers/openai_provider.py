@@ -6,6 +6,11 @@ reserved at dispatch as the provider counts the request when it arrives (prompt 
 output cap); the grant is settled with the response's `usage`, which the ratelimiter applies
 only to a budget whose provider counts usage. The provider's `x-ratelimit-*` headers and 429s
 are reported to the ratelimiter, which corrects the shared budget from them.
+
+When the item's job is canceled mid-request, the request is aborted (the SDK call's task is
+canceled, which drops the connection): the item is CANCELED unless the answer came first,
+in which case it is DONE with that answer. An aborted request keeps its grant as reserved:
+the provider counted it when it arrived.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from services.predictor.errors import (
     status_error,
     transport_error,
 )
-from services.predictor.providers.base import CallContext, CallGate, Result
+from services.predictor.providers.base import CallContext, CallGate, ItemCanceled, Result, unless_canceled
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.errors import RateLimiterError
 
@@ -64,9 +69,16 @@ class OpenAIProvider:
         if operation not in ENDPOINTS:
             raise PermanentUpstreamError(f"unknown OpenAI operation {operation!r}; use chat, response or image")
         budget = openai_budget(assignment.model)
+        what = f"the OpenAI {operation} request"
         try:
+            if ctx.canceled.is_set():
+                raise ItemCanceled(f"{what} was not sent: the job was canceled", sent=False)
             async with self._gate.call(self.name, ENDPOINTS[operation]):
-                raw = await self._call(operation, assignment.model, params)
+                raw = await unless_canceled(self._call(operation, assignment.model, params), ctx.canceled, what)
+        except ItemCanceled as exc:
+            if not exc.sent:
+                await ctx.release()
+            raise
         except openai.APIConnectionError as exc:
             cause = exc.__cause__ or exc
             if never_sent(cause):

@@ -15,11 +15,15 @@ What happens in between depends on what the provider's answer proves:
 - another 4xx but 408/409/425: the request was refused as a whole; the item fails;
 - a timeout or reset after sending, a 5xx, 408/409/425: the prediction may exist. The intent
   stays and the item goes back to the scheduler: its next holder searches (`find_orphan`).
+
+An item whose job was canceled (`ctx.canceled`) creates nothing more: before a create, and
+during the wait before one sent again, the cancel ends it (`ItemCanceled`, its grant unused).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,7 +43,7 @@ from services.predictor.errors import (
     replicate_error,
     replicate_status,
 )
-from services.predictor.providers.base import CallContext, CallGate, LeaseLost
+from services.predictor.providers.base import CallContext, CallGate, ItemCanceled, LeaseLost
 from services.predictor.providers.replicate_recovery import intent_id
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.errors import RateLimiterError
@@ -100,6 +104,9 @@ class Creator:
         """Create the prediction with its id recorded before anything waits on it."""
         backoff = self._config.poll_initial_seconds
         while True:
+            if ctx.canceled.is_set():
+                await grant.release()
+                raise ItemCanceled("the job was canceled before the item's prediction was created", sent=False)
             if not await ctx.record_upstream(intent_id(assignment.item_id)):
                 await grant.release()
                 raise LeaseLost(f"item {assignment.item_id} was taken away before its prediction started")
@@ -108,7 +115,10 @@ class Creator:
             if not isinstance(outcome, float):
                 break
             # Outside `uninterrupted`: a cancel or lost lease noticed now ends the item here.
-            await asyncio.sleep(outcome)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.canceled.wait(), outcome)
+            if ctx.canceled.is_set():  # this try's grant is settled or released already
+                raise ItemCanceled("the job was canceled before the item's prediction was created", sent=False)
             backoff = min(backoff * 2, self._config.poll_max_seconds)
             grant = await self.pay_grant()
         data, recorded = outcome

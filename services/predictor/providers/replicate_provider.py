@@ -16,11 +16,19 @@ How the end is learned:
 A read answered 404 means the provider no longer knows the prediction (it forgot it across
 a restart of its own): the item creates it again (`replicate_create`, paying a create grant)
 instead of failing. What each answer to the create leads to is in `replicate_create`.
+
+When the item's job is canceled (`ctx.canceled`), the wait ends at once and the prediction is
+canceled upstream (`POST …/cancel`, paid from the read budget); the provider's answer decides
+the item's end: `canceled` ends it CANCELED, `succeeded` DONE with its output (the provider
+had finished it, and charged for it). An item resumed only to be canceled (a previous holder
+recorded the prediction) sends that cancel instead of its first read; one whose prediction
+was never created ends CANCELED without creating it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -40,11 +48,12 @@ from services.predictor.errors import (
     REPLICATE_ERRORS,
     PermanentUpstreamError,
     RetryableUpstreamError,
+    UpstreamError,
     replicate_error,
     replicate_status,
 )
 from services.predictor.metrics import READS_PER_ITEM, RECREATED
-from services.predictor.providers.base import CallContext, CallGate, Result
+from services.predictor.providers.base import CallContext, CallGate, ItemCanceled, Result
 from services.predictor.providers.replicate_create import (
     Creator,
     Grant,
@@ -113,18 +122,26 @@ class ReplicateProvider:
         reads = 0
         data: dict[str, Any] | None = None
         grant = dispatch_grant(ctx)
+        cancel_sent = False
         if upstream_id and not is_intent(upstream_id):
             # Resumed after a crash or hand-back: look once at once, since a webhook that
-            # arrived while nobody held the item was dropped.
+            # arrived while nobody held the item was dropped. Resumed to be canceled: the
+            # cancel's answer is that look.
             await ctx.park()
-            data = await self._read(upstream_id)
+            cancel_sent = ctx.canceled.is_set()
+            data = await (self._canceled({"id": upstream_id}) if cancel_sent else self._read(upstream_id))
             reads += 1
             if data is None:
+                if ctx.canceled.is_set():
+                    raise ItemCanceled(f"Replicate no longer knows prediction {upstream_id}; not created again")
                 grant = await self._forgotten(assignment, upstream_id, "resume")
         elif upstream_id:
             # The previous holder died around its create: adopt what it created, if anything.
             data = await find_orphan(self._list_page, assignment, lambda pid: self._adopt(ctx, pid))
             if data is None:
+                if ctx.canceled.is_set():
+                    raise ItemCanceled("no prediction was created for the item before its job was canceled",
+                                       sent=False)
                 grant = await self._creator.pay_grant()  # a resumed item comes without a create grant
             else:
                 log.info("item %s: adopted prediction %s", assignment.item_id, data["id"])
@@ -136,9 +153,20 @@ class ReplicateProvider:
             started = time.monotonic() - max(0.0, time.time() - _timestamp(data.get("created_at")))
         recreated = 0
         while data["status"] not in TERMINAL:
-            await asyncio.sleep(self._next_read(model, time.monotonic() - started))
+            if ctx.canceled.is_set() and not cancel_sent:
+                cancel_sent = True
+                answer = await self._canceled(data)
+                if answer is None:
+                    raise ItemCanceled(f"Replicate no longer knows prediction {data['id']}; not created again")
+                data = answer
+                continue
+            await self._wait(self._next_read(model, time.monotonic() - started), None if cancel_sent else ctx.canceled)
+            if ctx.canceled.is_set() and not cancel_sent:
+                continue
             read = await self._read(data["id"])
             reads += 1
+            if read is None and ctx.canceled.is_set():
+                raise ItemCanceled(f"Replicate no longer knows prediction {data['id']}; not created again")
             if read is None:
                 recreated += 1
                 if recreated > MAX_RECREATES:
@@ -149,7 +177,31 @@ class ReplicateProvider:
                 read = await self._creator.create_recorded(assignment, ctx, grant)
                 started = time.monotonic()
             data = read
+        if data["status"] == "canceled" and ctx.canceled.is_set():
+            raise ItemCanceled(f"Replicate canceled prediction {data['id']}")
         return self._finished(model, data, reads)
+
+    async def _canceled(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        """Cancel a running prediction upstream: the provider's answer (`canceled`, or
+        `succeeded` if it had finished first, or still running: then reads follow), None if it
+        no longer knows it. A cancel that cannot be sent leaves the prediction to end on its
+        own, read as usual: its end decides."""
+        try:
+            answer = await self._cancel_answer(data["id"])
+        except (TimeoutError, UpstreamError) as exc:
+            log.warning("could not cancel prediction %s upstream (%r); following it to its end", data["id"], exc)
+            return await self._read(data["id"])
+        if answer is not None:
+            log.info("canceled prediction %s upstream: %s", data["id"], answer["status"])
+        return answer
+
+    async def _wait(self, seconds: float, canceled: asyncio.Event | None) -> None:
+        """Sleep, or until the item's job is canceled."""
+        if canceled is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(canceled.wait(), seconds)
 
     async def _forgotten(self, assignment: pb.Assignment, prediction_id: str, when: str) -> Grant:
         """The provider answered 404 for the item's recorded prediction (it forgot it, e.g. across
@@ -221,18 +273,31 @@ class ReplicateProvider:
                 delay = min(delay * 2, self._config.poll_max_seconds)
 
     async def cancel(self, upstream_id: str) -> None:
+        """Best effort, for a prediction nobody follows any more (its item was taken away)."""
         if is_intent(upstream_id):
             return
         try:
-            # Best effort, but a prediction left running is billed: a throttled or failed
-            # cancel is tried again (a job's cancel sends many at once) for up to a minute.
-            async with asyncio.timeout(CANCEL_SECONDS):
-                await self._paid_read_call(
-                    "cancel", f"cancel of {upstream_id}", lambda: self._client.predictions.async_cancel(upstream_id))
+            await self._cancel_answer(upstream_id)
             log.info("canceled prediction %s upstream", upstream_id)
-        except (TimeoutError, *REPLICATE_ERRORS) as exc:
+        except (TimeoutError, UpstreamError) as exc:
             # The item's fate does not depend on it, only the provider's bill.
             log.warning("could not cancel prediction %s upstream: %r", upstream_id, exc)
+
+    async def _cancel_answer(self, prediction_id: str) -> dict[str, Any] | None:
+        """`POST …/cancel`, paid from the read budget: the prediction as the provider answers
+        (None if it answers 404: it no longer knows it). A prediction left running is billed,
+        so a throttled or failed cancel is tried again (a job's cancel sends many at once) for
+        up to a minute, then TimeoutError; a refusal is its `UpstreamError`."""
+        try:
+            async with asyncio.timeout(CANCEL_SECONDS):
+                prediction = await self._paid_read_call(
+                    "cancel", f"cancel of {prediction_id}",
+                    lambda: self._client.predictions.async_cancel(prediction_id))
+        except REPLICATE_ERRORS as exc:
+            if replicate_status(exc) == 404:
+                return None
+            raise replicate_error(exc) from exc
+        return as_dict(prediction)
 
     async def close(self) -> None:
         await self._http.aclose()
