@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import asyncpg
+import httpx
 import pytest
 
 from tests.e2e.stack import E2EStack, all_items, job_events, wait_terminal
@@ -101,6 +102,10 @@ def _restart_scheduler(stack: E2EStack, **env: str) -> None:
     stack.processes["scheduler"].kill()  # SIGKILL, as a crash would
     stack.set_env("scheduler", **env)
     stack.restart("scheduler")
+    # The gateway's channel may still be backing off from the dead process (a call meanwhile
+    # is answered 503, retry shortly): go on once the gateway reaches the new one.
+    _wait_until(lambda: httpx.get(f"{stack.gateway_url}/readyz", timeout=5).status_code == 200,
+                "the gateway to reach the new scheduler")
 
 
 async def ledger(stack: E2EStack, tenant: str) -> list[asyncpg.Record]:
