@@ -299,14 +299,17 @@ async def test_values_postgresql_cannot_store_are_invalid_and_change_nothing(
         client.api.SubmitJob(pb.SubmitJobRequest(
             tenant="t", provider="replicate", model="acme/\x00fast", items=[pb.ItemInput(ref="a", input_json="{}")])),
         client.api.ListJobs(pb.ListJobsRequest(tenant="t", after=str(2**64))),
-        client.api.AddCredits(pb.AddCreditsRequest(id="t", amount=2**63 - 1)),  # the balance would overflow
     ]
     for n, call in enumerate(bad_calls):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (n, caught.value.details())
-        if n == 2:
-            assert (caught.value.details() or "").startswith("amount: "), caught.value.details()
+    # A balance that would overflow: a valid amount this balance cannot take (409 at the gateway).
+    with pytest.raises(grpc.aio.AioRpcError) as overflow:
+        await client.api.AddCredits(pb.AddCreditsRequest(id="t", amount=2**63 - 1))
+    assert overflow.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert dict(overflow.value.trailing_metadata() or ()).get("fairway-error") == "balance_conflict"
+    assert (overflow.value.details() or "").startswith("amount: ")
     assert await db.fetchval("SELECT credits FROM tenants WHERE id = 't'") == 10
     assert await db.fetchval("SELECT count(*) FROM jobs") == 0
     await ledger_reconciles(db)
