@@ -42,19 +42,24 @@ class DispatchServicer(scheduler_pb2_grpc.DispatchServicer):
                     self._dispatcher.wake()
 
         reader = asyncio.create_task(read_signals())
+        getter: asyncio.Future[pb.Assignment] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(worker.outbox.get())
                 done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    yield getter.result()
+                    assignment, getter = getter.result(), None
+                    yield assignment
                     continue
-                getter.cancel()
-                if getter.done() and not getter.cancelled():
-                    worker.outbox.put_nowait(getter.result())  # taken just before the cancel
                 break  # the worker closed its side
         finally:
             reader.cancel()
+            # The stream ended (the worker closed it, or the call was canceled when it died)
+            # while a get waited: stop it, or put back what it took, so it is handed back below.
+            if getter is not None:
+                getter.cancel()
+                if getter.done() and not getter.cancelled():
+                    worker.outbox.put_nowait(getter.result())
             unsent = registry.remove(worker)
             if unsent:
                 await self._dispatcher.hand_back(
