@@ -97,10 +97,11 @@ def _summary(latencies: list[float], grants: int, errors: int, elapsed: float) -
 
 async def _load(address: str, budget: str, rate: float, seconds: float, count: int, callers: int) -> dict[str, Any]:
     """One load process: open loop at `rate`, or `callers` back to back when rate is 0."""
-    import grpc
     from fairway.ratelimiter.v1 import ratelimiter_pb2, ratelimiter_pb2_grpc
 
-    channel = grpc.aio.insecure_channel(address)
+    from tests.support.tokens import channel_as
+
+    channel = channel_as("scheduler", address)
     stub = ratelimiter_pb2_grpc.RateLimiterStub(channel)
     request = ratelimiter_pb2.AcquireRequest(budget=budget, count=count)
     await stub.Acquire(request)  # connect before the clock starts

@@ -42,6 +42,7 @@ from services.common.limits import Limits
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.grants import GrantId
 from tests.support.processes import ServiceProcess
+from tests.support.tokens import TOKENS, service_env
 
 OPEN_LOOP_RATE = 2000.0
 SWEEP = (200.0, 500.0, 1000.0, 1500.0, 2000.0)
@@ -153,7 +154,7 @@ async def soak(addresses: list[str], seconds: float, clients_per_replica: int) -
             if len(got.grants) < 10:
                 await asyncio.sleep(min(got.retry_after_s, 0.05))
 
-    clients = [BudgetClient(a) for a in addresses]
+    clients = [BudgetClient(a, token=TOKENS["scheduler"]) for a in addresses]
     await asyncio.gather(*(driver(c) for c in clients for _ in range(clients_per_replica)))
     for c in clients:
         await c.close()
@@ -183,6 +184,7 @@ def _start(
         "FAIRWAY_RATELIMITER_METRICS_PORT": "0",
         "FAIRWAY_RATELIMITER_KEY_PREFIX": f"bench:{uuid.uuid4().hex[:8]}",
         "FAIRWAY_LOG_LEVEL": "WARNING",
+        **service_env("ratelimiter"),
     }
     if limits is not None:
         path = workdir / f"limits-{uuid.uuid4().hex[:6]}.yaml"

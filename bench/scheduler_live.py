@@ -25,17 +25,18 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
-import grpc
 import yaml
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 from fairway.scheduler.v1 import scheduler_pb2_grpc
 
 from bench.report import spread_ms
 from bench.scheduler_data import add_backlog, drop_db, fresh_db
+from services.common.auth import ADMIN
 from services.common.embedded import free_port
 from services.scheduler.migrations import migrate
 from tests.support.fairness import jain
 from tests.support.processes import ServiceProcess
+from tests.support.tokens import channel_as, service_env
 
 ROOMY = {"utilization": 1.0, "replicate": {"create_rpm": 60_000_000, "read_rpm": 60_000_000}}
 
@@ -56,27 +57,32 @@ class LiveScheduler:
         (self.workdir / "limits.yaml").write_text(yaml.safe_dump(self.limits))
         common = {"FAIRWAY_RATELIMITER_ADDR": f"127.0.0.1:{self.ports['ratelimiter']}",
                   "FAIRWAY_SCHEDULER_METRICS_PORT": "0", "FAIRWAY_RATELIMITER_METRICS_PORT": "0"}
+        auth = {service: service_env(service) for service in ("ratelimiter", "scheduler")}
         ratelimiter = ServiceProcess("ratelimiter", env={
             **common, "REDIS_URL": self.redis_url, "FAIRWAY_LIMITS": str(self.workdir / "limits.yaml"),
             "FAIRWAY_RATELIMITER_PORT": str(self.ports["ratelimiter"]),
-            "FAIRWAY_RATELIMITER_KEY_PREFIX": f"bench:{uuid.uuid4().hex[:8]}",
+            "FAIRWAY_RATELIMITER_KEY_PREFIX": f"bench:{uuid.uuid4().hex[:8]}", **auth["ratelimiter"],
         }, log_dir=self.workdir).start()
         self.processes.append(ratelimiter)
         ratelimiter.wait_grpc_serving(f"127.0.0.1:{self.ports['ratelimiter']}")
         scheduler = ServiceProcess("scheduler", env={
             **common, "DATABASE_URL": self.database_url, "FAIRWAY_SCHEDULER_PORT": str(self.ports["scheduler"]),
+            **auth["scheduler"],
         }, log_dir=self.workdir).start()
         self.processes.append(scheduler)
         await asyncio.to_thread(scheduler.wait_grpc_serving, f"127.0.0.1:{self.ports['scheduler']}", 600.0)
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.ports['scheduler']}")
+        # As the gateway (for the admin) and a predictor would call it.
+        self.channel = channel_as("gateway", f"127.0.0.1:{self.ports['scheduler']}", principal=ADMIN)
+        self.predictor_channel = channel_as("predictor", f"127.0.0.1:{self.ports['scheduler']}")
         self.api = scheduler_pb2_grpc.SchedulerStub(self.channel)
-        self.dispatch = scheduler_pb2_grpc.DispatchStub(self.channel)
+        self.dispatch = scheduler_pb2_grpc.DispatchStub(self.predictor_channel)
         return self
 
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.channel.close()
+        await self.predictor_channel.close()
         for process in reversed(self.processes):
             process.stop()
         assert self.database_url is not None

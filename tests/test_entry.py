@@ -7,6 +7,7 @@ import pytest
 from services.common.entry import load_settings
 from services.emulator.config import EmulatorSettings
 from services.scheduler.config import SchedulerConfig
+from tests.support.tokens import service_env
 
 
 def test_bad_setting_is_named(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -23,5 +24,7 @@ def test_missing_required_setting(monkeypatch: pytest.MonkeyPatch, caplog: pytes
 
 def test_good_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://localhost/x")
+    for name, value in service_env("scheduler").items():
+        monkeypatch.setenv(name, value)
     config = load_settings(SchedulerConfig)
     assert config is not None and config.database_url == "postgresql://localhost/x"

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.embedded import free_port
 from tests.conftest import fresh_database
 from tests.support.processes import ServiceProcess
+from tests.support.tokens import service_env
 
 
 async def _statuses_until_terminated(process: ServiceProcess, address: str) -> list[str]:
@@ -37,7 +38,7 @@ async def test_sigterm_flips_health_then_exits_cleanly(
     env = {
         "REDIS_URL": redis_url, "FAIRWAY_RATELIMITER_PORT": str(port), "FAIRWAY_RATELIMITER_METRICS_PORT": "0",
         "FAIRWAY_SCHEDULER_PORT": str(port), "FAIRWAY_SCHEDULER_METRICS_PORT": "0",
-        "FAIRWAY_RATELIMITER_ADDR": f"127.0.0.1:{free_port()}",
+        "FAIRWAY_RATELIMITER_ADDR": f"127.0.0.1:{free_port()}", **service_env(service),
     }
     if service == "scheduler":
         env["DATABASE_URL"] = await fresh_database(postgres_dsn)

@@ -22,11 +22,17 @@ S = TypeVar("S")
 def load_settings(factory: Callable[..., S]) -> S | None:
     # Name the environment variable as the operator sets it, prefix included.
     prefix = str(getattr(factory, "model_config", {}).get("env_prefix", "")).upper()
+    fields = getattr(factory, "model_fields", {})
     try:
         return factory()
     except ValidationError as exc:
         for error in exc.errors():
-            where = (".".join(str(p) for p in error["loc"]) or "settings").upper()
+            loc = [str(p) for p in error["loc"]]
+            # A default found wrong is reported by field name: name its variable instead.
+            alias = getattr(fields.get(loc[0]), "validation_alias", None) if loc else None
+            if isinstance(alias, str):
+                loc[0] = alias
+            where = (".".join(loc) or "settings").upper()
             if prefix and not where.startswith(prefix):
                 where = prefix + where
             log.error("bad setting %s: %s", where, error["msg"])

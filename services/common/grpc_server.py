@@ -1,11 +1,12 @@
-"""The frame of every gRPC service: health, reflection, metrics, graceful SIGTERM.
+"""The frame of every gRPC service: authentication, health, reflection, graceful SIGTERM.
 
-    server, port = create_server(
+    server, port, health = create_server(
         [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer)],
         service_names=["fairway.scheduler.v1.Scheduler"],
         address="127.0.0.1:50051",
+        auth=ServiceAuth(AcceptedTokens.parse(config.accepted_tokens)),
     )
-    await serve(server, grace_s=10.0)
+    await serve(server, health, grace_s=10.0)
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.logging import get_logger
+
+if TYPE_CHECKING:
+    from services.common.auth import ServiceAuth
 
 log = get_logger(__name__)
 
@@ -109,22 +113,30 @@ def create_server(
     *,
     service_names: Sequence[str],
     address: str,
+    auth: ServiceAuth | None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    reflection_on: bool = False,
 ) -> tuple[grpc.aio.Server, int, HealthState]:
-    """Build a server with the given servicers, health and reflection; bind `address`.
+    """Build a server with the given servicers and health (and reflection if `reflection_on`);
+    bind `address`. Every call but health's goes through `auth` first (services/common/auth.py);
+    only a server that serves nothing but health may have none.
 
     Returns the server (not started), the bound port (useful with port 0) and its health state.
     """
-    server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
+    registrars = list(registrars)
+    if auth is None and (registrars or reflection_on):
+        raise ValueError("a server with services of its own (or reflection) needs a ServiceAuth")
+    server = grpc.aio.server(interceptors=[*([auth] if auth else []), *interceptors], options=SERVER_OPTIONS)
     for add, servicer in registrars:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
-        server,
-    )
+    if reflection_on:
+        reflection.enable_server_reflection(
+            [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind gRPC address {address}")

@@ -3,7 +3,9 @@
 Positive answers are cached briefly so that most requests cost no extra RPC. A rotated key
 (`POST /v1/tenants/{id}/rotate-key`) is dropped from the cache of the replica that rotated it,
 so there it is refused at once; another gateway replica may still accept it for at most
-`CACHE_TTL_S`, until its cached answer expires.
+`CACHE_TTL_S`, until its cached answer expires. The principal found is named
+on every scheduler call made for the request (`metadata=who.metadata`): the scheduler acts
+for it, not for whatever the request's `tenant` field says.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import hashlib
 import hmac
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Annotated
 
 import grpc
 from fairway.scheduler.v1 import scheduler_pb2
 from fastapi import Depends, Request
 
+from services.common.auth import ADMIN, Principal
 from services.gateway.errors import ApiError, from_rpc_error
 from services.gateway.ratelimit import TenantRateLimit
 from services.gateway.upstreams import Upstreams
@@ -27,20 +29,6 @@ CACHE_TTL_S = 5.0
 CACHE_MAX_KEYS = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the operator, or one tenant."""
-
-    admin: bool
-    tenant: str = ""
-
-    @property
-    def scope(self) -> str:
-        """The `tenant` field of scheduler requests: "" lets the admin see every tenant."""
-        return "" if self.admin else self.tenant
-
-
-ADMIN = Principal(admin=True)
 
 
 class Authenticator:

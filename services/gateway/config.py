@@ -23,6 +23,10 @@ class Settings(BaseSettings):
         default="127.0.0.1:50052",
         validation_alias=AliasChoices("FAIRWAY_RATELIMITER_ADDR", "ratelimiter_addr"),
     )
+    # What the gateway presents to the scheduler and the ratelimiter (docs/design/security.md).
+    service_token: SecretStr = Field(
+        validation_alias=AliasChoices("FAIRWAY_SERVICE_TOKEN", "service_token"), min_length=1
+    )
     max_body_bytes: int = Field(
         default=10 * 1024 * 1024,
         gt=0,

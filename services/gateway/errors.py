@@ -84,6 +84,8 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 _STATUS_BY_ERROR_CODE = {"insufficient_credits": 402, "queue_full": 429}
 _DOWN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+# Without our error code these are the service-token check's (services/common/auth.py).
+_REFUSED_CALLER = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
 # How the scheduler starts the message of a value its database refused (then quoted).
@@ -114,6 +116,11 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, upstream: str = "scheduler") -> Ap
         return err
     details = exc.details() or ""
     ours = ERROR_CODE_KEY in meta
+    if code in _REFUSED_CALLER and not ours:
+        # The upstream refused the gateway itself (its service token), not the client's request.
+        log.error("%s refused the gateway: %s %s; check FAIRWAY_SERVICE_TOKEN and the %s's FAIRWAY_ACCEPTED_TOKENS",
+                  upstream, code, details, upstream)
+        return ApiError(502, "upstream_error", f"The {upstream} refused this gateway; the error is logged.")
     # INTERNAL, UNKNOWN (an exception the service did not map: its text may be a database's)
     # and the rest say nothing a client can act on. So does RESOURCE_EXHAUSTED without our
     # error code: that is gRPC's own, a message over its size limit, not a rate limit.

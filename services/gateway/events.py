@@ -143,8 +143,10 @@ async def job_events(
     after_seq = ids.resume_point
     # Ask for the job first, so an unknown job or another tenant's is a plain 404,
     # not a stream that fails after its 200.
-    await up.scheduler.GetJob(scheduler_pb2.GetJobRequest(tenant=who.scope, job_id=job_id), timeout=up.timeout_s)
-    call = up.scheduler.WatchJob(scheduler_pb2.WatchJobRequest(tenant=who.scope, job_id=job_id, after_seq=after_seq))
+    await up.scheduler.GetJob(scheduler_pb2.GetJobRequest(tenant=who.scope, job_id=job_id), timeout=up.timeout_s,
+                              metadata=who.metadata)
+    call = up.scheduler.WatchJob(scheduler_pb2.WatchJobRequest(tenant=who.scope, job_id=job_id, after_seq=after_seq),
+                                 metadata=who.metadata)
     return StreamingResponse(
         _relay(call, ids),
         media_type="text/event-stream",

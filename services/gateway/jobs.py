@@ -113,7 +113,7 @@ async def submit_job(
     workers: asyncio.Semaphore = request.app.state.submit_workers
     async with workers:
         prepared = await asyncio.to_thread(submission.prepare, body, who.tenant, idempotency_key)
-    created = await up.scheduler.SubmitJob(prepared, timeout=up.timeout_s)
+    created = await up.scheduler.SubmitJob(prepared, timeout=up.timeout_s, metadata=who.metadata)
     return render.job(created)
 
 
@@ -130,6 +130,7 @@ async def list_jobs(
             after=after,
         ),
         timeout=up.timeout_s,
+        metadata=who.metadata,
     )
     return {"jobs": [render.job(j) for j in reply.jobs], "next": reply.next or None}
 
@@ -138,7 +139,7 @@ async def list_jobs(
 async def get_job(job_id: str, who: AnyKey, up: Stubs) -> dict[str, Any]:
     """A job with its item counts; another tenant's job is 404."""
     found = await up.scheduler.GetJob(
-        scheduler_pb2.GetJobRequest(tenant=who.scope, job_id=job_id), timeout=up.timeout_s
+        scheduler_pb2.GetJobRequest(tenant=who.scope, job_id=job_id), timeout=up.timeout_s, metadata=who.metadata
     )
     return render.job(found)
 
@@ -157,6 +158,7 @@ async def list_items(
             after=after,
         ),
         timeout=up.timeout_s,
+        metadata=who.metadata,
     )
     return {"items": [render.item(i) for i in reply.items], "next": reply.next or None}
 
@@ -165,6 +167,6 @@ async def list_items(
 async def cancel_job(job_id: str, who: AnyKey, up: Stubs) -> dict[str, Any]:
     """Cancel what is pending now and what is in flight where the provider allows; credits are refunded."""
     canceled = await up.scheduler.CancelJob(
-        scheduler_pb2.CancelJobRequest(tenant=who.scope, job_id=job_id), timeout=up.timeout_s
+        scheduler_pb2.CancelJobRequest(tenant=who.scope, job_id=job_id), timeout=up.timeout_s, metadata=who.metadata
     )
     return render.job(canceled)

@@ -23,7 +23,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/v1/stats/ratelimiter")
-async def ratelimiter_stats(_: AdminKey, up: Stubs) -> dict[str, Any]:
+async def ratelimiter_stats(who: AdminKey, up: Stubs) -> dict[str, Any]:
     """Per upstream budget: limit, use in the last minute, queue length, cooldown."""
     try:
         stats = await up.ratelimiter.GetStats(ratelimiter_pb2.GetStatsRequest(), timeout=up.timeout_s)
@@ -31,7 +31,9 @@ async def ratelimiter_stats(_: AdminKey, up: Stubs) -> dict[str, Any]:
         raise from_rpc_error(exc, "ratelimiter") from exc
     queue: scheduler_pb2.QueueStats | None
     try:
-        queue = await up.scheduler.GetQueueStats(scheduler_pb2.GetQueueStatsRequest(), timeout=up.timeout_s)
+        queue = await up.scheduler.GetQueueStats(
+            scheduler_pb2.GetQueueStatsRequest(), timeout=up.timeout_s, metadata=who.metadata
+        )
     except grpc.aio.AioRpcError as exc:
         # Budgets are still worth showing; the health block says the queue is unknown.
         log.warning("queue stats unavailable: %s", exc.code())
@@ -40,9 +42,11 @@ async def ratelimiter_stats(_: AdminKey, up: Stubs) -> dict[str, Any]:
 
 
 @router.get("/v1/stats/queue")
-async def queue_stats(_: AdminKey, up: Stubs) -> dict[str, Any]:
+async def queue_stats(who: AdminKey, up: Stubs) -> dict[str, Any]:
     """Per tenant: queued, processing, oldest queued age, dispatched last minute; per lane totals."""
-    stats = await up.scheduler.GetQueueStats(scheduler_pb2.GetQueueStatsRequest(), timeout=up.timeout_s)
+    stats = await up.scheduler.GetQueueStats(
+        scheduler_pb2.GetQueueStatsRequest(), timeout=up.timeout_s, metadata=who.metadata
+    )
     return render.queue_stats(stats)
 
 

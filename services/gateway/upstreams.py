@@ -7,7 +7,7 @@ from fairway.ratelimiter.v1 import ratelimiter_pb2_grpc
 from fairway.scheduler.v1 import scheduler_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.grpc_server import CHANNEL_OPTIONS
+from services.common.auth import service_channel
 from services.gateway.config import Settings
 
 HEALTH_TIMEOUT_S = 2.0
@@ -18,8 +18,9 @@ class Upstreams:
 
     def __init__(self, settings: Settings) -> None:
         self.timeout_s = settings.rpc_timeout_s
-        self._scheduler_channel = grpc.aio.insecure_channel(settings.scheduler_addr, options=CHANNEL_OPTIONS)
-        self._ratelimiter_channel = grpc.aio.insecure_channel(settings.ratelimiter_addr, options=CHANNEL_OPTIONS)
+        token = settings.service_token.get_secret_value()
+        self._scheduler_channel = service_channel(settings.scheduler_addr, token)
+        self._ratelimiter_channel = service_channel(settings.ratelimiter_addr, token)
         self.scheduler = scheduler_pb2_grpc.SchedulerStub(self._scheduler_channel)
         self.ratelimiter = ratelimiter_pb2_grpc.RateLimiterStub(self._ratelimiter_channel)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,8 @@ class PredictorConfig(BaseSettings):
 
     scheduler_addr: str = Field(default="127.0.0.1:50051", validation_alias="FAIRWAY_SCHEDULER_ADDR")
     ratelimiter_addr: str = Field(default="127.0.0.1:50052", validation_alias="FAIRWAY_RATELIMITER_ADDR")
+    # What the predictor presents to the scheduler and the ratelimiter (docs/design/security.md).
+    service_token: SecretStr = Field(min_length=1, validation_alias="FAIRWAY_SERVICE_TOKEN")
     host: str = Field(default="127.0.0.1", validation_alias="FAIRWAY_PREDICTOR_HOST")
     port: int = Field(default=50053, ge=0, validation_alias="FAIRWAY_PREDICTOR_PORT")
     metrics_port: int = Field(default=9103, ge=0, validation_alias="FAIRWAY_PREDICTOR_METRICS_PORT")

@@ -21,11 +21,11 @@ log = get_logger(__name__)
 
 
 async def _run(config: PredictorConfig) -> None:
-    budgets = BudgetClient(config.ratelimiter_addr)
+    budgets = BudgetClient(config.ratelimiter_addr, token=config.service_token.get_secret_value())
     providers = build_providers(config, budgets, CallGate(config.concurrency))
     worker = Worker(config, providers, budgets)
-    # The predictor serves only health and reflection: Kubernetes probes it over gRPC.
-    server, port, health = create_server([], service_names=[], address=f"{config.host}:{config.port}")
+    # The predictor serves only health (open, like every server's): Kubernetes probes it over gRPC.
+    server, port, health = create_server([], service_names=[], address=f"{config.host}:{config.port}", auth=None)
     await server.start()
     await health.set(serving=True)
     stop = asyncio.Event()

@@ -30,7 +30,7 @@ import grpc
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 from fairway.scheduler.v1 import scheduler_pb2_grpc
 
-from services.common.grpc_server import CHANNEL_OPTIONS
+from services.common.auth import service_channel
 from services.common.logging import get_logger
 from services.predictor.config import PredictorConfig
 from services.predictor.errors import UpstreamError
@@ -69,7 +69,7 @@ class Worker:
         self._config = config
         self._providers = providers
         self._budgets = budgets
-        self._channel = grpc.aio.insecure_channel(config.scheduler_addr, options=CHANNEL_OPTIONS)
+        self._channel = service_channel(config.scheduler_addr, config.service_token.get_secret_value())
         self._dispatch = scheduler_pb2_grpc.DispatchStub(self._channel)
         self._reporter = Reporter(self._dispatch)
         self._held: dict[str, Held] = {}

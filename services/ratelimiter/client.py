@@ -1,6 +1,6 @@
 """The ratelimiter as the scheduler and the predictors see it.
 
-    client = BudgetClient("127.0.0.1:50052")
+    client = BudgetClient("127.0.0.1:50052", token=config.service_token.get_secret_value())
     got = await client.acquire("replicate:create", 20)
     ...dispatch exactly len(got.grants) calls; if fewer than asked, wait got.retry_after_s...
     await client.settle([(grant.id, used_tokens)])     # or release([...]) if the call never happened
@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 from fairway.ratelimiter.v1 import ratelimiter_pb2, ratelimiter_pb2_grpc
 
-from services.common.grpc_server import CHANNEL_OPTIONS
+from services.common.auth import service_channel
 from services.ratelimiter.errors import BudgetUnavailable, InvalidBudgetRequest, RateLimiterError
 
 # Trailing metadata key with which the server advises when to ask again (seconds, decimal).
@@ -42,8 +42,10 @@ class Acquired:
 
 
 class BudgetClient:
-    def __init__(self, address: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, address: str, *, token: str, timeout_s: float = 5.0) -> None:
+        """`token`: the caller's FAIRWAY_SERVICE_TOKEN, sent with every call."""
         self._address = address
+        self._token = token
         self._timeout_s = timeout_s
         self._channel: grpc.aio.Channel | None = None
         self._stub: ratelimiter_pb2_grpc.RateLimiterStub | None = None
@@ -51,7 +53,7 @@ class BudgetClient:
     def _get_stub(self) -> ratelimiter_pb2_grpc.RateLimiterStub:
         # Created on first use so that the client can be built outside a running event loop.
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self._address, options=CHANNEL_OPTIONS)
+            self._channel = service_channel(self._address, self._token)
             self._stub = ratelimiter_pb2_grpc.RateLimiterStub(self._channel)
         return self._stub
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.auth import check_accepted_tokens
 
 
 class RateLimiterConfig(BaseSettings):
@@ -13,6 +17,12 @@ class RateLimiterConfig(BaseSettings):
 
     redis_url: str = Field(validation_alias="REDIS_URL")
     limits_path: str | None = Field(default=None, validation_alias="FAIRWAY_LIMITS")
+    # The callers accepted (`identity:sha256hex,...`, the hash of each one's FAIRWAY_SERVICE_TOKEN;
+    # docs/design/security.md), and whether the reflection service is served (to them only).
+    accepted_tokens: Annotated[str, AfterValidator(check_accepted_tokens)] = Field(
+        default="", validate_default=True, validation_alias="FAIRWAY_ACCEPTED_TOKENS"
+    )
+    grpc_reflection: bool = Field(default=False, validation_alias="FAIRWAY_GRPC_REFLECTION")
     host: str = "127.0.0.1"
     port: int = Field(default=50052, ge=0, le=65535)
     metrics_port: int = Field(default=9102, ge=0, le=65535)  # 0 disables /metrics

@@ -7,6 +7,7 @@ from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from fairway.ratelimiter.v1 import ratelimiter_pb2_grpc
 
 from services.common import grpc_server
+from services.common.auth import AcceptedTokens, ServiceAuth
 from services.common.grpc_server import HealthState
 from services.common.limits import Limits
 from services.ratelimiter.budgets import BudgetBook
@@ -18,6 +19,7 @@ from services.ratelimiter.servicer import RateLimiterServicer
 from services.ratelimiter.store import BudgetStore, StoreParams
 
 SERVICE_NAME = "fairway.ratelimiter.v1.RateLimiter"
+SERVICE_NAMES = (SERVICE_NAME, ENVOY_SERVICE)
 
 
 class RateLimiterServer:
@@ -77,8 +79,10 @@ def create_server(
                 EnvoyRateLimitServicer(parts.limiter, unavailable_retry_s=config.unavailable_retry_s),
             ),
         ],
-        service_names=[SERVICE_NAME, ENVOY_SERVICE],
+        service_names=SERVICE_NAMES,
         address=config.address,
+        auth=ServiceAuth(AcceptedTokens.parse(config.accepted_tokens)),
+        reflection_on=config.grpc_reflection,
     )
     parts.health = health
     return server, port, health

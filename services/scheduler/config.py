@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.auth import check_accepted_tokens
 
-class SchedulerConfig(BaseSettings):
+
+class DatabaseConfig(BaseSettings):
+    """What `fairway migrate` reads: the database alone (the migrations Job holds no token)."""
+
     model_config = SettingsConfigDict(extra="ignore")
 
     database_url: str = Field(min_length=1, validation_alias="DATABASE_URL")
+
+
+class SchedulerConfig(DatabaseConfig):
     db_pool_min: int = Field(default=2, ge=1, validation_alias="DB_POOL_MIN")
     db_pool_max: int = Field(default=20, ge=1, validation_alias="DB_POOL_MAX")
     host: str = Field(default="127.0.0.1", validation_alias="FAIRWAY_SCHEDULER_HOST")
     port: int = Field(default=50051, ge=0, validation_alias="FAIRWAY_SCHEDULER_PORT")
     metrics_port: int = Field(default=9101, ge=0, validation_alias="FAIRWAY_SCHEDULER_METRICS_PORT")
     ratelimiter_addr: str = Field(default="127.0.0.1:50052", validation_alias="FAIRWAY_RATELIMITER_ADDR")
+    # Internal authentication (docs/design/security.md): the token the scheduler presents to the
+    # ratelimiter, and the callers it accepts (`identity:sha256hex,...`, the hash of each one's token).
+    service_token: SecretStr = Field(min_length=1, validation_alias="FAIRWAY_SERVICE_TOKEN")
+    accepted_tokens: Annotated[str, AfterValidator(check_accepted_tokens)] = Field(
+        default="", validate_default=True, validation_alias="FAIRWAY_ACCEPTED_TOKENS"
+    )
+    # The standard reflection service (then for accepted callers only), for grpcurl and the like.
+    grpc_reflection: bool = Field(default=False, validation_alias="FAIRWAY_GRPC_REFLECTION")
     # Apply the database migrations at start (fairway up, a single replica). In Kubernetes a
     # Job runs `fairway migrate` before the rollout and the replicas only check the schema.
     migrate: bool = Field(default=True, validation_alias="FAIRWAY_SCHEDULER_MIGRATE")

@@ -72,6 +72,13 @@ class Unauthenticated(SchedulerError):
     code = "unauthorized"
 
 
+class PermissionDenied(SchedulerError):
+    """The principal the gateway named may not do this (a tenant acting as admin)."""
+
+    status = grpc.StatusCode.PERMISSION_DENIED
+    code = "forbidden"
+
+
 class DependencyDown(SchedulerError):
     status = grpc.StatusCode.UNAVAILABLE
     code = "unavailable"

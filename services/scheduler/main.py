@@ -10,7 +10,7 @@ from services.common.errors import ConfigError
 from services.common.grpc_server import serve
 from services.common.logging import configure_logging, get_logger
 from services.common.metrics import start_metrics
-from services.scheduler.config import SchedulerConfig
+from services.scheduler.config import DatabaseConfig, SchedulerConfig
 from services.scheduler.migrations import migrate
 from services.scheduler.server import create_scheduler
 
@@ -46,7 +46,7 @@ async def _migrate(database_url: str) -> list[int]:
 def migrate_main() -> int:
     """Apply the migrations the database lacks, then exit (0: the schema is current)."""
     configure_logging("migrate")
-    config = load_settings(SchedulerConfig)
+    config = load_settings(DatabaseConfig)
     if config is None:
         return 2
     applied = uvloop.run(_migrate(config.database_url))

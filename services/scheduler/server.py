@@ -13,6 +13,7 @@ import asyncpg
 import grpc
 from fairway.scheduler.v1 import scheduler_pb2_grpc
 
+from services.common.auth import AcceptedTokens, ServiceAuth
 from services.common.errors import ConfigError, FairwayError
 from services.common.grpc_errors import ErrorMapping
 from services.common.grpc_server import HealthState, create_server
@@ -95,7 +96,7 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
         await conn.close()
     pool = await create_pool(config.database_url, min_size=config.db_pool_min, max_size=config.db_pool_max)
     replica = uuid.uuid4().hex[:12]
-    budgets = BudgetClient(config.ratelimiter_addr)
+    budgets = BudgetClient(config.ratelimiter_addr, token=config.service_token.get_secret_value())
     tenants = TenantDirectory(pool)
     await tenants.load()
     signals = JobSignals(pool, replica)
@@ -120,7 +121,9 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
         ],
         service_names=SERVICE_NAMES,
         address=config.address,
+        auth=ServiceAuth(AcceptedTokens.parse(config.accepted_tokens)),
         interceptors=[ErrorMapping(_translate)],
+        reflection_on=config.grpc_reflection,
     )
     supervisor = Supervisor(health.set_part, unhealthy_after_s=config.unhealthy_after_s)
     app = SchedulerApp(server, port, health, pool, dispatcher, outcomes, budgets, notices, supervisor)

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from services.common.embedded import free_port
+from services.stack.tokens import ensure_tokens, service_env
 from tests.support.processes import ServiceProcess
 
 
@@ -54,6 +55,10 @@ class E2EStack:
                           **(predictor or {})},
             "gateway": {**base, "FAIRWAY_GATEWAY_PORT": str(self.ports["gateway"])},
         }
+        # Every service authenticates as `fairway up` makes it: a token each, its callers' hashes.
+        self.tokens = ensure_tokens(workdir)
+        for name, env in self._envs.items():
+            env.update(service_env(name, self.tokens))
         self.processes: dict[str, ServiceProcess] = {}
         self.predictors: list[ServiceProcess] = []
 

@@ -25,6 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.embedded import create_database, free_port
+from services.stack.tokens import service_env
 from tests.e2e.stack import E2EStack, wait_terminal
 from tests.scheduler.conftest import counters_match_items, ledger_reconciles
 from tests.support.postgres import RestartablePostgres
@@ -63,6 +64,7 @@ def test_dispatch_resumes_on_both_replicas_after_each_fast_restart_of_the_databa
             "DATABASE_URL": database_url, "FAIRWAY_SCHEDULER_PORT": str(second_port),
             "FAIRWAY_SCHEDULER_METRICS_PORT": "0", "FAIRWAY_ADMIN_KEY": stack.admin_key,
             "FAIRWAY_RATELIMITER_ADDR": f"127.0.0.1:{stack.ports['ratelimiter']}", **SCHEDULER,
+            **service_env("scheduler", stack.tokens),
         }).start()
         try:
             second.wait_grpc_serving(f"127.0.0.1:{second_port}")

@@ -14,6 +14,7 @@ from services.common.embedded import free_port
 from services.gateway.app import create_app
 from services.gateway.config import Settings
 from tests.gateway.fakes import Fakes
+from tests.support.tokens import TOKENS
 
 ADMIN_KEY = "admin-secret"
 WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LWZvci10ZXN0cy0xMjM0NTY3ODkw"
@@ -33,6 +34,7 @@ def settings_for(scheduler: str, ratelimiter: str, **overrides: object) -> Setti
         "ratelimiter_addr": ratelimiter,
         "replicate_webhook_secret": WEBHOOK_SECRET,
         "rpc_timeout_s": 5.0,
+        "service_token": TOKENS["gateway"],
         **overrides,
     }
     return Settings.model_validate(values)

@@ -3,6 +3,9 @@
 fake.reply("GetJob", scheduler_pb2.Job(id="j1"))
 fake.reply("SubmitJob", Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", "queue_full", 7))
 fake.calls("SubmitJob")   # the requests received, in order
+fake.principals("SubmitJob")  # whom the gateway said each was for
+
+The server checks service tokens as the real ones do (tests/support/tokens.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import grpc
 from fairway.ratelimiter.v1 import ratelimiter_pb2, ratelimiter_pb2_grpc
 from fairway.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
+from services.common.auth import AcceptedTokens, Principal, ServiceAuth
 from services.common.grpc_server import create_server
+from tests.support.tokens import ACCEPTED
 
 
 @dataclass
@@ -29,10 +34,12 @@ class Abort:
 class Recorder:
     def __init__(self) -> None:
         self.received: list[tuple[str, Any]] = []
+        self.named: list[tuple[str, Principal | None]] = []
         self.replies: dict[str, Any] = {}
 
     def reset(self) -> None:
         self.received.clear()
+        self.named.clear()
         self.replies.clear()
 
     def reply(self, method: str, answer: Any) -> None:
@@ -41,8 +48,12 @@ class Recorder:
     def calls(self, method: str) -> list[Any]:
         return [request for name, request in self.received if name == method]
 
+    def principals(self, method: str) -> list[Principal | None]:
+        return [principal for name, principal in self.named if name == method]
+
     async def answer(self, method: str, request: Any, context: grpc.aio.ServicerContext, default: Any) -> Any:
         self.received.append((method, request))
+        self.named.append((method, Principal.of(context.invocation_metadata())))
         found = self.replies.get(method, default)
         if callable(found):
             found = found(request)
@@ -67,7 +78,7 @@ def tenant_of_key(request: scheduler_pb2.AuthenticateRequest) -> Any:
     """Keys spelt "key-<tenant>" belong to that tenant; any other key is unknown."""
     if request.api_key.startswith("key-"):
         return scheduler_pb2.AuthenticateResponse(tenant=request.api_key.removeprefix("key-"))
-    return Abort(grpc.StatusCode.UNAUTHENTICATED, "unknown key")
+    return Abort(grpc.StatusCode.UNAUTHENTICATED, "unknown key", "unauthorized")
 
 
 class FakeScheduler(Recorder, scheduler_pb2_grpc.SchedulerServicer):
@@ -118,6 +129,7 @@ class Fakes:
             ],
             service_names=["fairway.scheduler.v1.Scheduler", "fairway.ratelimiter.v1.RateLimiter"],
             address="127.0.0.1:0",
+            auth=ServiceAuth(AcceptedTokens.parse(ACCEPTED)),
         )
         self.address = f"127.0.0.1:{port}"
 

@@ -15,6 +15,7 @@ from services.common.embedded import free_port
 from tests.gateway.conftest import ADMIN_KEY, WEBHOOK_SECRET, tenant
 from tests.gateway.fakes import Fakes
 from tests.support.processes import ServiceProcess
+from tests.support.tokens import service_env
 
 # 700,000 items in 9.1 MB: under the 10 MiB body limit, seven times the item limit.
 HUGE_JOB = b'{"provider":"replicate","model":"acme/fast","items":[' + b",".join([b'{"input":{}}'] * 700_000) + b"]}"
@@ -34,6 +35,7 @@ async def gateway(fakes: Fakes, tmp_path: Path) -> AsyncIterator[str]:
             "FAIRWAY_RATELIMITER_ADDR": fakes.address,
             "REPLICATE_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "FAIRWAY_GATEWAY_MAX_BODY_BYTES": str(10 * 1024 * 1024),
+            **service_env("gateway"),
         },
         log_dir=tmp_path,
     ).start()

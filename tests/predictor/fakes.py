@@ -14,6 +14,7 @@ from services.predictor.config import PredictorConfig
 from services.predictor.providers.base import CallContext, CallGate
 from services.predictor.providers.replicate_provider import ReplicateProvider
 from services.ratelimiter.client import Acquired, BudgetClient, GrantRef
+from tests.support.tokens import TOKENS, service_env
 
 Answer = httpx.Response | Callable[[httpx.Request], httpx.Response]
 THROTTLED = {"title": "Request was throttled.", "detail": "Request was throttled. Your rate limit resets in ~0s.",
@@ -24,7 +25,7 @@ class Budgets(BudgetClient):
     """Every call granted at once; what was asked, reported, settled and released is kept."""
 
     def __init__(self) -> None:
-        super().__init__("unused:0")
+        super().__init__("unused:0", token=TOKENS["predictor"])
         self.throttled: list[str] = []
         self.acquired: list[str] = []
         self.settled: list[str] = []
@@ -56,6 +57,7 @@ def provider(planned: Sequence[Answer], sent: list[httpx.Request]) -> tuple[Repl
 
     config = PredictorConfig.model_validate({
         "REPLICATE_API_TOKEN": "r8_test", "FAIRWAY_POLL_INITIAL_SECONDS": 0.01, "FAIRWAY_POLL_MAX_SECONDS": 0.02,
+        **service_env("predictor"),
     })
     budgets = Budgets()
     http = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="https://api.replicate.com")

@@ -31,6 +31,7 @@ from services.predictor.errors import (
 from services.predictor.providers.base import CallContext, CallGate, call_outcome
 from services.predictor.providers.openai_provider import OpenAIProvider, classify, go_duration
 from services.ratelimiter.client import BudgetClient
+from tests.support.tokens import TOKENS, service_env
 
 
 @pytest.mark.parametrize("status", [429, 408, 409, 500, 502, 503, 504])
@@ -108,9 +109,9 @@ def test_an_httpx2_error_wrapped_by_the_openai_sdk_is_seen_through(name: str, un
 
 async def test_an_openai_call_that_never_left_releases_its_grant() -> None:
     """Through the real `openai.AsyncOpenAI` (on httpx2) against a port nobody listens on."""
-    config = PredictorConfig.model_validate({"OPENAI_API_KEY": "sk-test",
+    config = PredictorConfig.model_validate({"OPENAI_API_KEY": "sk-test", **service_env("predictor"),
                                              "OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1"})
-    openai_provider = OpenAIProvider(config, BudgetClient("unused:0"), CallGate(1))
+    openai_provider = OpenAIProvider(config, BudgetClient("unused:0", token=TOKENS["predictor"]), CallGate(1))
     released: list[str] = []
     settled: list[int] = []
 

@@ -14,6 +14,7 @@ from services.common.embedded import free_port
 from services.ratelimiter.config import RateLimiterConfig
 from services.ratelimiter.server import RateLimiterServer, create_server
 from tests.support.processes import ServiceProcess
+from tests.support.tokens import ACCEPTED
 
 # Small limits so that arithmetic is exact within a test's runtime: at these rates a
 # request or a token comes back only after seconds.
@@ -45,6 +46,7 @@ def make_config(redis_url: str, limits_path: str, **overrides: object) -> RateLi
         "metrics_port": 0,
         "key_prefix": f"test:{uuid.uuid4().hex[:10]}",
         "burst_fraction": 0.5,
+        "accepted_tokens": ACCEPTED,
         **overrides,
     }
     return RateLimiterConfig.model_validate(values)
@@ -99,6 +101,7 @@ def replicas(tmp_path: Path) -> Iterator[Replicas]:
                             "FAIRWAY_RATELIMITER_METRICS_PORT": "0",
                             "FAIRWAY_RATELIMITER_KEY_PREFIX": prefix,
                             "FAIRWAY_LOG_LEVEL": "WARNING",
+                            "FAIRWAY_ACCEPTED_TOKENS": ACCEPTED,
                             **env,
                         },
                         log_dir=tmp_path,

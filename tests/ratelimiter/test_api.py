@@ -8,6 +8,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.errors import InvalidBudgetRequest
+from tests.support.tokens import TOKENS, channel_as
 
 Code = rls_pb2.RateLimitResponse.Code
 
@@ -22,7 +23,7 @@ def descriptor(hits: int | None = None, **entries: str) -> rls_pb2.RateLimitDesc
 
 
 async def test_client_round_trip(grpc_address: str) -> None:
-    client = BudgetClient(grpc_address)
+    client = BudgetClient(grpc_address, token=TOKENS["scheduler"])
     try:
         got = await client.acquire("openai:slow-model", 5, tokens_each=10, tenant="store-a")
         assert len(got.grants) == 3 and got.limited_by == "requests" and got.retry_after_s > 0
@@ -45,7 +46,7 @@ async def test_client_round_trip(grpc_address: str) -> None:
 
 
 async def test_envoy_descriptors_map_to_budgets(grpc_address: str) -> None:
-    async with grpc.aio.insecure_channel(grpc_address) as channel:
+    async with channel_as("envoy", grpc_address) as channel:
         stub = rls_pb2_grpc.RateLimitServiceStub(channel)
         ok = await stub.ShouldRateLimit(
             rls_pb2.RateLimitRequest(
@@ -92,7 +93,7 @@ async def test_envoy_descriptors_map_to_budgets(grpc_address: str) -> None:
 
 
 async def test_envoy_unknown_budget_is_invalid(grpc_address: str) -> None:
-    async with grpc.aio.insecure_channel(grpc_address) as channel:
+    async with channel_as("envoy", grpc_address) as channel:
         stub = rls_pb2_grpc.RateLimitServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.ShouldRateLimit(rls_pb2.RateLimitRequest(descriptors=[descriptor(budget="nope")]))

@@ -15,6 +15,7 @@ from services.ratelimiter.server import RateLimiterServer
 from services.ratelimiter.store import window_requests
 from tests.ratelimiter.clocked import Clocked
 from tests.ratelimiter.conftest import SLOW_LIMITS, Replicas, make_config
+from tests.support.tokens import TOKENS
 
 IDLE = OwnUsage(requests_fraction=0.0, tokens_fraction=0.0, published_rpm=1000, published_tpm=100_000)
 
@@ -140,7 +141,7 @@ async def test_a_429_on_a_young_window_halves_at_most_once_per_hold(redis_url: s
 async def test_cooldown_and_rate_factor_are_shared_by_replicas(redis_url: str, replicas: Replicas) -> None:
     limits = {**SLOW_LIMITS, "replicate": {"create_rpm": 6000, "read_rpm": 600}}
     (_, a), (_, b), (_, c) = replicas(3, redis_url, limits, FAIRWAY_RATELIMITER_RECOVERY_S="3")
-    ca, cb, cc = BudgetClient(a), BudgetClient(b), BudgetClient(c)
+    ca, cb, cc = (BudgetClient(address, token=TOKENS["predictor"]) for address in (a, b, c))
     try:
         # A 429 seen by a predictor talking to replica a ...
         await ca.report_upstream("replicate:create", throttled=True, retry_after_s=30.0)

@@ -14,6 +14,7 @@ from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.errors import BudgetUnavailable
 from services.ratelimiter.server import RateLimiterServer
 from tests.ratelimiter.conftest import SLOW_LIMITS, Replicas, make_config, write_limits
+from tests.support.tokens import TOKENS
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -29,7 +30,7 @@ async def health_of(address: str) -> int:
 
 async def test_redis_restart_fails_closed_then_serves_again(own_redis: EmbeddedRedis, replicas: Replicas) -> None:
     [(process, address)] = replicas(1, own_redis.url, SLOW_LIMITS)
-    client = BudgetClient(address)
+    client = BudgetClient(address, token=TOKENS["scheduler"])
     try:
         assert len((await client.acquire("replicate:read", 2)).grants) == 2
 

@@ -14,6 +14,7 @@ import time
 from services.ratelimiter.client import BudgetClient
 from services.ratelimiter.grants import GrantId
 from tests.ratelimiter.conftest import Replicas
+from tests.support.tokens import TOKENS
 
 LIMIT = 600
 SCALE = 20
@@ -22,7 +23,7 @@ RUN_S = 2.2 * 60 / SCALE
 
 
 async def drive(address: str, clients: int, until: float, issued: list[int]) -> None:
-    client = BudgetClient(address)
+    client = BudgetClient(address, token=TOKENS["scheduler"])
 
     async def one() -> None:
         while time.monotonic() < until:

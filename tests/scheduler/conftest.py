@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import asyncpg
-import grpc
 import pytest
 import yaml
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 from fairway.scheduler.v1 import scheduler_pb2_grpc
 
+from services.common.auth import ADMIN
 from services.ratelimiter.config import RateLimiterConfig
 from services.ratelimiter.server import RateLimiterServer
 from services.ratelimiter.server import create_server as create_ratelimiter
@@ -25,6 +25,7 @@ from services.scheduler import dispatcher
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.server import SchedulerApp, create_scheduler
 from services.scheduler.sql import QUERIES
+from tests.support.tokens import ACCEPTED, channel_as, service_env
 
 # Budgets far above what a test dispatches, except "slow-model" (3 grants, then a wait of
 # seconds) and "paced-model" (60 grants, then one a second): predictor slots, not budgets,
@@ -55,7 +56,7 @@ async def ratelimiter(redis_url: str, limits_path: str) -> AsyncIterator[str]:
     path = limits_path
     config = RateLimiterConfig.model_validate({
         "redis_url": redis_url, "limits_path": path, "port": 0, "metrics_port": 0,
-        "key_prefix": f"test:{uuid.uuid4().hex[:10]}", "burst_fraction": 0.5,
+        "key_prefix": f"test:{uuid.uuid4().hex[:10]}", "burst_fraction": 0.5, "accepted_tokens": ACCEPTED,
     })
     parts = RateLimiterServer(config)
     server, port, _ = create_ratelimiter(config, parts)
@@ -76,7 +77,8 @@ async def start_scheduler(database_url: str, ratelimiter: str, limits_path: str)
     async def start(**overrides: Any) -> SchedulerApp:
         config = SchedulerConfig.model_validate({
             "DATABASE_URL": database_url, "FAIRWAY_SCHEDULER_PORT": 0, "FAIRWAY_RATELIMITER_ADDR": ratelimiter,
-            "FAIRWAY_LIMITS": limits_path, "DB_POOL_MIN": 1, "DB_POOL_MAX": 6, **overrides,
+            "FAIRWAY_LIMITS": limits_path, "DB_POOL_MIN": 1, "DB_POOL_MAX": 6, **service_env("scheduler"),
+            **overrides,
         })
         app = await create_scheduler(config)
         await app.server.start()
@@ -102,13 +104,15 @@ async def db(database_url: str, scheduler: SchedulerApp) -> AsyncIterator[asyncp
 
 
 class Client:
-    """The Scheduler and Dispatch APIs of one replica, as the gateway and predictors use them."""
+    """The Scheduler and Dispatch APIs of one replica, as the gateway (for the admin) and
+    predictors use them, each with its own token."""
 
     def __init__(self, app: SchedulerApp) -> None:
         self.app = app
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        self.channel = channel_as("gateway", f"127.0.0.1:{app.port}", principal=ADMIN)
+        self.predictor_channel = channel_as("predictor", f"127.0.0.1:{app.port}")
         self.api = scheduler_pb2_grpc.SchedulerStub(self.channel)
-        self.dispatch = scheduler_pb2_grpc.DispatchStub(self.channel)
+        self.dispatch = scheduler_pb2_grpc.DispatchStub(self.predictor_channel)
 
     async def tenant(self, tenant_id: str, **fields: Any) -> pb.Tenant:
         tenant: pb.Tenant = await self.api.CreateTenant(pb.CreateTenantRequest(id=tenant_id, **fields))
@@ -131,6 +135,7 @@ class Client:
 
     async def close(self) -> None:
         await self.channel.close()
+        await self.predictor_channel.close()
 
 
 @pytest.fixture
