@@ -19,73 +19,23 @@ provider time is scaled (`--time-scale`) so that each scenario takes well under 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.report import REPORT, machine, write_section
-from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
-from tests.conftest import fresh_database
-from tests.e2e.stack import E2EStack, wait_terminal
+from bench.stackrun import Sampler, running_stack, submit, usage_table
+from tests.e2e.stack import wait_terminal
 
 IMG = REPORT.parent / "img"
 TPM = 60_000
 TOKEN_MODEL = "gpt-4o-mini"
 CREATE_RPM = 600
 UTILIZATION = 0.98
-
-
-def _limits(path: Path, body: str) -> Path:
-    path.write_text(body)
-    return path
-
-
-@contextmanager
-def _servers(root: Path) -> Iterator[tuple[str, str]]:
-    postgres = EmbeddedPostgres(root / "pg")
-    redis = EmbeddedRedis(workdir=root / "redis")
-    try:
-        yield postgres.start(), redis.start()
-    finally:
-        redis.stop()
-        postgres.stop()
-
-
-def _submit(client: httpx.Client, body: dict[str, Any]) -> str:
-    reply = client.post("/v1/jobs", json=body, timeout=120)
-    assert reply.status_code == 201, reply.text
-    return str(reply.json()["id"])
-
-
-class Sampler:
-    """Samples `read()` every `every_s` real seconds in a thread: [(monotonic s, value)]."""
-
-    def __init__(self, read: Callable[[], Any], every_s: float) -> None:
-        self.samples: list[tuple[float, Any]] = []
-        self._read, self._every = read, every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with suppress(httpx.HTTPError):
-                self.samples.append((time.monotonic(), self._read()))
-            self._stop.wait(self._every)
 
 
 # ---- (1) TPM-bound ----
@@ -99,28 +49,25 @@ def _chats(tenant: str, n: int) -> dict[str, Any]:
 
 
 def tokens_bound(root: Path, time_scale: float) -> dict[str, Any]:
-    limits = _limits(root / "limits.yaml", f"openai:\n  models:\n    {TOKEN_MODEL}: {{rpm: 100000, tpm: {TPM}}}\n")
-    with _servers(root) as (dsn, redis_url):
-        (root / "stack").mkdir()
-        stack = E2EStack(root / "stack", asyncio.run(fresh_database(dsn)), redis_url, time_scale=time_scale)
-        stack.set_limits(limits)
-        with stack:
-            clients = [stack.create_tenant(t)[1] for t in ("blog-a", "blog-b")]
+    limits = f"openai:\n  models:\n    {TOKEN_MODEL}: {{rpm: 100000, tpm: {TPM}}}\n"
+    with running_stack(root, limits, time_scale=time_scale) as stack:
+        clients = [stack.create_tenant(t)[1] for t in ("blog-a", "blog-b")]
 
-            def charged() -> tuple[int, int, int]:
-                entry = stack.emulator_stats()["keys"].get(stack.openai_key, {}).get("openai.chat.completions", {})
-                return int(entry.get("tokens", 0)), int(entry.get("accepted", 0)), int(entry.get("rejected", 0))
+        def charged() -> tuple[int, int, int]:
+            entry = stack.emulator_stats()["keys"].get(stack.openai_key, {}).get("openai.chat.completions", {})
+            return int(entry.get("tokens", 0)), int(entry.get("accepted", 0)), int(entry.get("rejected", 0))
 
-            started = time.monotonic()
-            with Sampler(charged, 0.25) as sampler:
-                jobs = [_submit(c, _chats(t, 200)) for c, t in zip(clients, ("blog-a", "blog-b"), strict=True)]
-                finished = [wait_terminal(c, j) for c, j in zip(clients, jobs, strict=True)]
-            wall = time.monotonic() - started
-            done = sum(j["counts"]["DONE"] for j in finished)
-            usage = []
-            for client, job in zip(clients, jobs, strict=True):
-                items = client.get(f"/v1/jobs/{job}/items", params={"limit": 1000}).json()["items"]
-                usage += [i["usage"].get("total_tokens", 0) for i in items if i["usage"]]
+        started = time.monotonic()
+        with Sampler(charged, 0.25) as sampler:
+            jobs = [submit(c, _chats(t, 200)) for c, t in zip(clients, ("blog-a", "blog-b"), strict=True)]
+            finished = [wait_terminal(c, j) for c, j in zip(clients, jobs, strict=True)]
+        wall = time.monotonic() - started
+        done = sum(j["counts"]["DONE"] for j in finished)
+        usage = []
+        for client, job in zip(clients, jobs, strict=True):
+            items = client.get(f"/v1/jobs/{job}/items", params={"limit": 1000}).json()["items"]
+            usage += [i["usage"].get("total_tokens", 0) for i in items if i["usage"]]
+        resources = stack.usage()
     samples = [(t - started, v) for t, v in sampler.samples]
     total_tokens, requests, served_429 = samples[-1][1]
     # "While demand exceeds it": from the first request to the last sample at which at least a
@@ -137,43 +84,40 @@ def tokens_bound(root: Path, time_scale: float) -> dict[str, Any]:
         "time_scale": time_scale, "items": 400, "done": done, "wall_s": round(wall, 1), "tokens_charged": total_tokens,
         "requests": requests, "served_429": served_429, "real_tokens": sum(usage),
         "measured_provider_min": round(span_min, 2), "use_percent": round(100 * used, 1),
-        "series": [(round(t * time_scale / 60, 3), v[0]) for t, v in samples],
+        "series": [(round(t * time_scale / 60, 3), v[0]) for t, v in samples], "resources": resources,
     }
 
 
 # ---- (2) Shared key ----
 
 def shared_key(root: Path, time_scale: float, foreign_minutes: float = 2.0) -> dict[str, Any]:
-    limits = _limits(root / "limits.yaml", f"replicate: {{create_rpm: {CREATE_RPM}, read_rpm: 3000}}\n")
+    limits = f"replicate: {{create_rpm: {CREATE_RPM}, read_rpm: 3000}}\n"
     n_each = 750
-    with _servers(root) as (dsn, redis_url):
-        (root / "stack").mkdir()
-        stack = E2EStack(root / "stack", asyncio.run(fresh_database(dsn)), redis_url, time_scale=time_scale,
-                         predictor={"FAIRWAY_PREDICTOR_CONCURRENCY": "256"})
-        stack.set_limits(limits)
-        with stack:
-            emulator = httpx.Client(base_url=stack.emulator_url, timeout=10)
+    with running_stack(root, limits, time_scale=time_scale,
+                       predictor={"FAIRWAY_PREDICTOR_CONCURRENCY": "256"}) as stack:
+        emulator = httpx.Client(base_url=stack.emulator_url, timeout=10)
 
-            def foreign(share: float) -> None:
-                reply = emulator.post("/_emulator/foreign", json={
-                    "key": stack.replicate_token, "budget": "replicate.create", "share": share})
-                assert reply.status_code == 200, reply.text
+        def foreign(share: float) -> None:
+            reply = emulator.post("/_emulator/foreign", json={
+                "key": stack.replicate_token, "budget": "replicate.create", "share": share})
+            assert reply.status_code == 200, reply.text
 
-            clients = [stack.create_tenant(t)[1] for t in ("store-a", "store-b")]
-            foreign(0.3)
-            started = time.monotonic()
-            body = {"provider": "replicate", "model": "google/nano-banana"}
-            jobs = [_submit(c, {**body, "items": [{"ref": f"{t}-{i}", "input": {"prompt": f"{t} product {i}"}}
-                                                   for i in range(n_each)]})
-                    for c, t in zip(clients, ("store-a", "store-b"), strict=True)]
-            stop_at = started + foreign_minutes * 60 / time_scale
-            stopped = threading.Timer(max(0.0, stop_at - time.monotonic()), foreign, args=(0.0,))
-            stopped.start()
-            finished = [wait_terminal(c, j) for c, j in zip(clients, jobs, strict=True)]
-            stopped.join()
-            ended = time.monotonic()
-            entry = stack.emulator_stats()["keys"][stack.replicate_token]["replicate.create"]
-            lists = stack.emulator_stats()["keys"][stack.replicate_token].get("replicate.list", {})
+        clients = [stack.create_tenant(t)[1] for t in ("store-a", "store-b")]
+        foreign(0.3)
+        started = time.monotonic()
+        body = {"provider": "replicate", "model": "google/nano-banana"}
+        jobs = [submit(c, {**body, "items": [{"ref": f"{t}-{i}", "input": {"prompt": f"{t} product {i}"}}
+                                               for i in range(n_each)]})
+                for c, t in zip(clients, ("store-a", "store-b"), strict=True)]
+        stop_at = started + foreign_minutes * 60 / time_scale
+        stopped = threading.Timer(max(0.0, stop_at - time.monotonic()), foreign, args=(0.0,))
+        stopped.start()
+        finished = [wait_terminal(c, j) for c, j in zip(clients, jobs, strict=True)]
+        stopped.join()
+        ended = time.monotonic()
+        entry = stack.emulator_stats()["keys"][stack.replicate_token]["replicate.create"]
+        lists = stack.emulator_stats()["keys"][stack.replicate_token].get("replicate.list", {})
+        resources = stack.usage()
     wall_start = time.time() - (time.monotonic() - started)
     to_provider_s = time_scale  # one real second is this many provider seconds
     ours = {int(s): (a, r) for s, a, r in entry["per_second"]}
@@ -227,7 +171,7 @@ def shared_key(root: Path, time_scale: float, foreign_minutes: float = 2.0) -> d
         "use_of_left_percent": round(100 * ours_rate / left, 1) if left else None,
         "phase_use_of_left_percent": round(100 * ours_total / left_total, 1) if left_total else None,
         "recovery_s": round((recovered_at - stop_min) * 60, 1) if recovered_at is not None else None,
-        "wall_s": round(ended - started, 1), "series": series,
+        "wall_s": round(ended - started, 1), "series": series, "resources": resources,
     }
 
 
@@ -310,6 +254,10 @@ def render(result: dict[str, Any]) -> str:
         "",
         "![tokens charged over time](img/e2e_tokens.png)",
         "",
+        f"CPU and memory per service over the run ({tok['wall_s']} s):",
+        "",
+        usage_table(tok["resources"]),
+        "",
         f"### Shared key: another client takes 30% of the create budget for two minutes, {sk['items']} items",
         "",
         f"Replicate {CREATE_RPM} creates a minute; the other client starts with a window already full of its",
@@ -332,6 +280,10 @@ def render(result: dict[str, Any]) -> str:
         " at least 95% of what the other client leaves, full planned rate within 60 s of its stop.",
         "",
         "![Fairway's and the other client's create rate](img/e2e_shared_key.png)",
+        "",
+        f"CPU and memory per service over the run ({sk['wall_s']} s):",
+        "",
+        usage_table(sk["resources"]),
     ]
     return "\n".join(lines)
 

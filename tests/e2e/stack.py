@@ -104,6 +104,18 @@ class E2EStack:
         self.predictors.append(process)
         return process
 
+    def usage(self) -> dict[str, dict[str, float]]:
+        """CPU seconds and peak RSS of every running service, summed per service (the predictors
+        together, with their count): `{"scheduler": {"cpu_s": .., "peak_rss_mib": .., "processes": 1}}`.
+        Call it before the stack stops."""
+        out: dict[str, dict[str, float]] = {}
+        for process in [*self.processes.values(), *self.predictors]:
+            row = out.setdefault(process.service, {"cpu_s": 0.0, "peak_rss_mib": 0.0, "processes": 0})
+            for key, value in process.usage().items():
+                row[key] += value
+            row["processes"] += 1
+        return out
+
     def stop(self) -> None:
         for process in [*self.predictors, *reversed(self.processes.values())]:
             process.stop()

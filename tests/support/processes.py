@@ -85,6 +85,21 @@ class ServiceProcess:
                 time.sleep(0.05)
         raise TimeoutError(f"{self.service} not SERVING at {address}:\n{self.log()[-4000:]}")
 
+    def usage(self) -> dict[str, float]:
+        """CPU seconds (user + system) and peak RSS (MiB) of the running process, from /proc:
+        `{"cpu_s": 1.2, "peak_rss_mib": 88.0}`; zeros once it has exited or off Linux."""
+        assert self.proc is not None
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return {"cpu_s": 0.0, "peak_rss_mib": 0.0}
+        # Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])
+        hwm_kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+        return {"cpu_s": ticks / os.sysconf("SC_CLK_TCK"), "peak_rss_mib": hwm_kib / 1024}
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
