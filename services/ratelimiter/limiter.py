@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from services.common.group_commit import GroupCommit
 from services.common.logging import get_logger
 from services.ratelimiter import metrics
 from services.ratelimiter.budgets import Budget, BudgetBook
-from services.ratelimiter.coalesce import GroupCommit
 from services.ratelimiter.errors import InvalidBudgetRequest
 from services.ratelimiter.feedback import Observation, OwnUsage, correct
 from services.ratelimiter.grants import SEP, GrantId, SerialSource
@@ -36,6 +36,9 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 MAX_BATCH = 10_000  # grants per Acquire: bounds the script's work and the reply size
+# Acquires per script call. One GroupCommit per budget: a batch touches one hash slot, and
+# order within a budget is arrival order; the bound caps one script's run, which blocks Redis.
+MAX_ASKS_PER_SCRIPT = 256
 GAUGE_REFRESH_S = 5.0
 
 
@@ -116,7 +119,7 @@ class RateLimiter:
             async def run(asks: Sequence[Ask]) -> list[Decision]:
                 return await self._store.acquire(budget, asks)
 
-            queue = self._queues[budget.name] = GroupCommit(run)
+            queue = self._queues[budget.name] = GroupCommit(run, max_batch=MAX_ASKS_PER_SCRIPT)
         return queue
 
     def _meters(self, name: str) -> metrics.BudgetMeters:

@@ -16,9 +16,9 @@ from typing import Any
 import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
+from services.common.group_commit import GroupCommit
 from services.common.logging import get_logger
 from services.common.supervision import Supervisor
-from services.scheduler.batching import GroupCommit
 from services.scheduler.cancels import CancelNotices
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.counts import CountFolder

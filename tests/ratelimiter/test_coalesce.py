@@ -1,16 +1,13 @@
-"""Concurrent Acquires of one budget share script calls and are decided as if one after another."""
+"""Concurrent Acquires of one budget share script calls and are decided as if one after another.
+
+The group-commit primitive itself: tests/test_group_commit.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
-import pytest
-
-from services.ratelimiter.coalesce import GroupCommit
 from services.ratelimiter.server import RateLimiterServer
-from services.ratelimiter.store import StoreUnavailable
 from tests.ratelimiter.conftest import make_config
 
 TOKENS = "openai:any-model"  # openai.default of SLOW_LIMITS: 30 tokens of burst
@@ -66,59 +63,3 @@ async def test_budget_concurrency_across_a_batch(redis_url: str, slow_limits: st
         assert sum(len(a.grant_ids) for a in again) == 5
     finally:
         await parts.store.aclose()
-
-
-class Gate:
-    """A `run` for GroupCommit that holds each batch until released, and records them."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
-        self.open = asyncio.Event()
-        self.fail: Exception | None = None
-
-    async def run(self, items: Sequence[int]) -> list[int]:
-        self.batches.append(list(items))
-        await self.open.wait()
-        if self.fail is not None:
-            raise self.fail
-        return [i * 10 for i in items]
-
-
-async def test_group_commit_batches_arrivals_during_a_call() -> None:
-    gate = Gate()
-    queue: GroupCommit[int, int] = GroupCommit(gate.run)
-    calls = [asyncio.create_task(queue.submit(i)) for i in range(5)]
-    await asyncio.sleep(0)
-    gate.open.set()
-    assert await asyncio.gather(*calls) == [0, 10, 20, 30, 40]
-    assert gate.batches == [[0], [1, 2, 3, 4]]
-    assert await queue.submit(7) == 70  # idle again: runs at once
-
-
-async def test_group_commit_failure_reaches_every_caller_of_the_batch() -> None:
-    gate = Gate()
-    queue: GroupCommit[int, int] = GroupCommit(gate.run)
-    gate.fail = StoreUnavailable("down")
-    calls = [asyncio.create_task(queue.submit(i)) for i in range(4)]
-    await asyncio.sleep(0)
-    gate.open.set()
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    assert all(isinstance(r, StoreUnavailable) for r in results)
-    gate.fail = None
-    assert await queue.submit(1) == 10
-
-
-async def test_group_commit_skips_callers_that_gave_up() -> None:
-    gate = Gate()
-    queue: GroupCommit[int, int] = GroupCommit(gate.run)
-    first = asyncio.create_task(queue.submit(0))
-    await asyncio.sleep(0)
-    gone = asyncio.create_task(queue.submit(1))
-    kept = asyncio.create_task(queue.submit(2))
-    await asyncio.sleep(0)
-    gone.cancel()
-    gate.open.set()
-    assert await first == 0 and await kept == 20
-    with pytest.raises(asyncio.CancelledError):
-        await gone
-    assert gate.batches == [[0], [2]]
