@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.ratelimiter.budgets import Budget
 from services.ratelimiter.errors import RateLimiterError
 from services.ratelimiter.grants import GrantId
-from services.ratelimiter.lane import Arg, Lane, LuaScript, bulk, bulks
+from services.ratelimiter.redis_wire import Arg, LuaScript, ScriptConnection, bulk, bulks
 
 _SCRIPTS = Path(__file__).parent
 RELEASE = -1  # `used` value that marks a release in close()
@@ -100,7 +100,7 @@ class BudgetStore:
         # Like the window, recovery is in the provider's time: a time-scaled provider's minute
         # passes in 60 / time scale real seconds, and so does a recovery of 60 s.
         self._recovery_per_us = params.time_scale / (params.recovery_s * 1e6)
-        self._acquire_parts: dict[str, tuple[Lane, bytes, bytes]] = {}
+        self._acquire_parts: dict[str, tuple[ScriptConnection, bytes, bytes]] = {}
 
     @property
     def window_us(self) -> float:
@@ -118,8 +118,8 @@ class BudgetStore:
         # Caps for every budget; outside the budgets' hash slots, so a single-node Redis only.
         return f"{self._p.key_prefix}:caps"
 
-    def _budget_part(self, budget: Budget) -> tuple[Lane, bytes, bytes]:
-        """The budget's lane, and its keys and arguments of acquire.lua packed once."""
+    def _budget_part(self, budget: Budget) -> tuple[ScriptConnection, bytes, bytes]:
+        """The budget's script connection, and its keys and arguments of acquire.lua packed once."""
         part = self._acquire_parts.get(budget.name)
         if part is None:
             name = budget.name
@@ -140,16 +140,16 @@ class BudgetStore:
                 # The planned tokens of one provider minute (the budget's rates are per real minute).
                 budget.tpm / self._p.time_scale,
             ]
-            part = (Lane(self._redis, SCRIPT_TIMEOUT_S), bulks(keys), bulks(args))
+            part = (ScriptConnection(self._redis, SCRIPT_TIMEOUT_S), bulks(keys), bulks(args))
             self._acquire_parts[name] = part
         return part
 
     async def acquire(self, budget: Budget, asks: Sequence[Ask]) -> list[Decision]:
         """Decide `asks` of one budget in order, in one script call (see acquire.lua).
 
-        One call at a time per budget: the caller serialises them (coalesce.GroupCommit).
+        One call at a time per budget: the caller serialises them (a GroupCommit per budget).
         """
-        lane, budget_keys, budget_args = self._budget_part(budget)
+        connection, budget_keys, budget_args = self._budget_part(budget)
         tenants: dict[str, int] = {}
         for ask in asks:
             tenants.setdefault(ask.tenant, len(tenants) + 1)
@@ -175,7 +175,7 @@ class BudgetStore:
             )
         parts = 1 + BUDGET_KEYS + 3 * len(tenants) + BUDGET_ARGS + 1 + 5 * len(asks)
         try:
-            reply = await lane.call(self._acquire_script, parts, b"".join(body))
+            reply = await connection.call(self._acquire_script, parts, b"".join(body))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         now_us, factor = int(reply[0]), float(reply[1])
@@ -330,8 +330,8 @@ class BudgetStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
     async def aclose(self) -> None:
-        for lane, _, _ in self._acquire_parts.values():
-            await lane.aclose()
+        for connection, _, _ in self._acquire_parts.values():
+            await connection.aclose()
         await self._redis.aclose()  # type: ignore[attr-defined]  # stubs predate redis 5
 
     async def _run(self, script: Any, keys: Sequence[str | bytes], args: Sequence[Any]) -> list[Any]:

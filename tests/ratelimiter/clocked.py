@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from services.ratelimiter.budgets import Budget, make_budget
 from services.ratelimiter.grants import GrantId
-from services.ratelimiter.lane import LuaScript
+from services.ratelimiter.redis_wire import LuaScript
 from services.ratelimiter.store import _SCRIPTS, Ask, BudgetStore, Decision, StoreParams
 
 

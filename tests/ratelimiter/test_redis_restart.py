@@ -56,7 +56,7 @@ async def test_redis_restart_fails_closed_then_serves_again(own_redis: EmbeddedR
 async def test_acquire_survives_a_dropped_connection_and_flushed_scripts(
     own_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    # What a Redis restart leaves behind, both at once: the lane's connection is dead and
+    # What a Redis restart leaves behind, both at once: the budget's script connection is dead and
     # Redis no longer knows the script.
     parts = RateLimiterServer(make_config(own_redis.url, write_limits(tmp_path / "limits.yaml", SLOW_LIMITS)))
     admin = aioredis.Redis.from_url(own_redis.url)

@@ -3,9 +3,9 @@
 redis-py's generic command path (argument encoding one by one, retry and event hooks, a
 timeout task for every write and a pool check for every command) costs several times what
 the script's round trip itself costs in this process. Acquires of one budget already go one
-script call at a time (see coalesce.py), so each budget gets one `Lane`: a single redis-py
-connection, commands packed as RESP bytes of which the budget's part is encoded once, and one
-timeout per call. Redis errors still surface as redis-py's exceptions.
+script call at a time (services/common/group_commit.py), so each budget gets one
+`ScriptConnection`: a single redis-py connection, commands packed as RESP bytes of which the
+budget's part is encoded once, and one timeout per call. Redis errors still surface as redis-py's exceptions.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class LuaScript:
         self.prefix = bulk("EVALSHA") + bulk(self.sha)
 
 
-class Lane:
+class ScriptConnection:
     """One connection, one call at a time."""
 
     def __init__(self, client: aioredis.Redis[str], timeout_s: float) -> None:
