@@ -8,7 +8,7 @@ to every stream that accepts cancels (`WorkerHello.accepts_cancels`), and each p
 on the ones it holds. A notice lost while the listening connection was down is made good by
 the heartbeat, which names the held items whose job was canceled (`HeartbeatResponse.cancel`).
 
-    cancels = CancelNotices(dispatcher.workers, replica)
+    cancels = CancelNotices(dispatcher.predictors, replica)
     notices.subscribe(CHANNEL, cancels.heard)
     await cancels.announce(conn, item_ids)     # inside the cancel's transaction
     cancels.tell(item_ids)                     # once it committed
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import asyncpg
 
 from services.common.logging import get_logger
+from services.scheduler.predictors import PredictorRegistry
 from services.scheduler.sql import QUERIES
-from services.scheduler.workers import WorkerRegistry
 
 log = get_logger(__name__)
 
@@ -33,8 +33,8 @@ IDS_PER_NOTICE = 200
 
 
 class CancelNotices:
-    def __init__(self, workers: WorkerRegistry, replica: str) -> None:
-        self._workers = workers
+    def __init__(self, predictors: PredictorRegistry, replica: str) -> None:
+        self._predictors = predictors
         self._replica = replica
 
     async def announce(self, conn: asyncpg.Connection, item_ids: Sequence[str]) -> None:
@@ -53,5 +53,5 @@ class CancelNotices:
         """Tell this replica's streams; a predictor cancels upstream the items it holds."""
         if not item_ids:
             return
-        streams = self._workers.tell_canceled(list(item_ids))
+        streams = self._predictors.tell_canceled(list(item_ids))
         log.info("told %d streams that %d items in flight were canceled", streams, len(item_ids))

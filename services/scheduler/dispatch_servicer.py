@@ -14,7 +14,7 @@ from services.common.logging import get_logger
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.errors import InvalidRequest
 from services.scheduler.outcomes import Outcomes
-from services.scheduler.workers import Worker
+from services.scheduler.predictors import PredictorStream
 
 log = get_logger(__name__)
 Ctx: TypeAlias = grpc.aio.ServicerContext
@@ -29,9 +29,9 @@ class DispatchServicer(scheduler_pb2_grpc.DispatchServicer):
         first = await anext(aiter(signals), None)
         if first is None or first.WhichOneof("signal") != "hello":
             raise InvalidRequest("a work stream starts with a hello")
-        worker = Worker(name=first.hello.worker_id, providers=frozenset(first.hello.providers),
-                        accepts_cancels=first.hello.accepts_cancels)
-        registry = self._dispatcher.workers
+        worker = PredictorStream(name=first.hello.worker_id, providers=frozenset(first.hello.providers),
+                                 accepts_cancels=first.hello.accepts_cancels)
+        registry = self._dispatcher.predictors
         registry.add(worker)
         log.info("worker %s connected", worker.name)
 

@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
+from services.common import stages
 from services.common.limits import lane_scope
 from services.common.logging import get_logger
 from services.common.supervision import Supervisor
@@ -35,11 +36,11 @@ from services.scheduler.config import SchedulerConfig
 from services.scheduler.events import JobSignals
 from services.scheduler.fairness import LaneShares
 from services.scheduler.metrics import DISPATCH_SECONDS, DISPATCHED, GRANT_WAITS, export_lane_items
+from services.scheduler.predictors import PredictorRegistry
 from services.scheduler.presence import PredictorPresence
 from services.scheduler.rates import DispatchRates
 from services.scheduler.sql import QUERIES
 from services.scheduler.tenants import TenantDirectory
-from services.scheduler.workers import WorkerRegistry
 
 log = get_logger(__name__)
 
@@ -59,14 +60,14 @@ def provider_of(lane: str) -> str:
 
 class Dispatcher:
     def __init__(
-        self, pool: asyncpg.Pool, budgets: BudgetClient, workers: WorkerRegistry,
+        self, pool: asyncpg.Pool, budgets: BudgetClient, predictors: PredictorRegistry,
         tenants: TenantDirectory, signals: JobSignals, config: SchedulerConfig, replica: str,
         rates: DispatchRates,
     ) -> None:
         self._pool = pool
         self._signals = signals
         self._budgets = budgets
-        self.workers = workers
+        self.predictors = predictors
         self._tenants = tenants
         self._config = config
         self._replica = replica
@@ -81,7 +82,7 @@ class Dispatcher:
         self._turn = 0
         self.processing: dict[str, int] = defaultdict(int)
         self.rates = rates
-        self.presence = PredictorPresence(pool, replica, workers)
+        self.presence = PredictorPresence(pool, replica, predictors)
         self._wake = asyncio.Event()
         self._catch_up = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()  # policy reloads
@@ -156,6 +157,7 @@ class Dispatcher:
         self._wake.set()
 
     def add_backlog(self, lane: str, tenant: str, n: int, largest_tokens: float = 0.0) -> None:
+        stages.stamp("scheduler.backlog", tenant)
         shares = self.lanes.setdefault(lane, LaneShares())
         shares.add_backlog(tenant, n)
         tokens = int(largest_tokens)
@@ -250,7 +252,7 @@ class Dispatcher:
 
     def _ready_lanes(self) -> list[str]:
         now = time.monotonic()
-        accepting = self.workers.providers_with_slots()
+        accepting = self.predictors.providers_with_slots()
         ready = []
         for name, shares in self.lanes.items():
             if shares.backlog_total <= 0:
@@ -278,7 +280,7 @@ class Dispatcher:
         self._turn += 1
         lanes = lanes[start:] + lanes[:start]
         sharing = Counter(provider_of(lane) for lane in lanes)
-        slots = {p: self.workers.free_slots(p) for p in sharing}
+        slots = {p: self.predictors.free_slots(p) for p in sharing}
         progressed = False
         for lane in lanes:
             p = provider_of(lane)
@@ -292,7 +294,7 @@ class Dispatcher:
 
     async def _dispatch(self, lane: str, limit: int) -> bool:
         shares = self.lanes[lane]
-        slots = self.workers.free_slots(provider_of(lane))
+        slots = self.predictors.free_slots(provider_of(lane))
         want = min(slots, limit, self._config.dispatch_batch, shares.backlog_total)
         if want <= 0:
             return False
@@ -373,7 +375,7 @@ class Dispatcher:
             )
             claimed[row["tenant_id"]] += 1
             self.processing[row["tenant_id"]] += 1
-            if not self.workers.assign(assignment):
+            if not self.predictors.assign(assignment):
                 handed_back.append(pb.LeaseRef(item_id=assignment.item_id, lease=assignment.lease))
         unused += list(spare)
         return claimed, handed_back, unused

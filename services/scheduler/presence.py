@@ -4,7 +4,7 @@ A predictor opens its work stream to one replica, which alone knows it. Each rep
 publishes its streams every few seconds (`predictor_streams`), as it publishes its dispatch
 rates, so that the statistics of any replica list every replica's predictors.
 
-    presence = PredictorPresence(pool, "replica-a", workers); presence.start(supervisor)
+    presence = PredictorPresence(pool, "replica-a", predictors); presence.start(supervisor)
     await presence.everywhere()      # this replica's streams now + the others' as published
 """
 
@@ -16,18 +16,18 @@ import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.common.supervision import Supervisor
+from services.scheduler.predictors import PredictorRegistry
 from services.scheduler.rates import PUBLISH_SECONDS
 from services.scheduler.sql import QUERIES
-from services.scheduler.workers import WorkerRegistry
 
 
 class PredictorPresence:
     def __init__(
-        self, pool: asyncpg.Pool, replica: str, workers: WorkerRegistry, *, publish_s: float | None = None
+        self, pool: asyncpg.Pool, replica: str, predictors: PredictorRegistry, *, publish_s: float | None = None
     ) -> None:
         self._pool = pool
         self._replica = replica
-        self._workers = workers
+        self._predictors = predictors
         self._publish_s = PUBLISH_SECONDS if publish_s is None else publish_s
         self._published = False  # the last publication had rows: an empty one must clear them
 
@@ -40,7 +40,7 @@ class PredictorPresence:
     def here(self) -> list[pb.Predictor]:
         """This replica's streams; a worker id with two streams (a reconnect) is one predictor."""
         found: dict[str, pb.Predictor] = {}
-        for w in self._workers.connected():
+        for w in self._predictors.connected():
             seen = found.get(w.name)
             if seen is None:
                 found[w.name] = pb.Predictor(

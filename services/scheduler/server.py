@@ -32,11 +32,11 @@ from services.scheduler.jobs import Jobs
 from services.scheduler.migrations import migrate, pending
 from services.scheduler.notices import Notices
 from services.scheduler.outcomes import Outcomes
+from services.scheduler.predictors import PredictorRegistry
 from services.scheduler.rates import DispatchRates
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.sql import create_pool
 from services.scheduler.tenants import TenantDirectory
-from services.scheduler.workers import WorkerRegistry
 
 SERVICE_NAMES = ("fairway.scheduler.v1.Scheduler", "fairway.scheduler.v1.Dispatch")
 
@@ -100,11 +100,11 @@ async def create_scheduler(config: SchedulerConfig) -> SchedulerApp:
     tenants = TenantDirectory(pool)
     await tenants.load()
     signals = JobSignals(pool, replica)
-    dispatcher = Dispatcher(pool, budgets, WorkerRegistry(), tenants, signals, config, replica,
+    dispatcher = Dispatcher(pool, budgets, PredictorRegistry(), tenants, signals, config, replica,
                             DispatchRates(pool, replica))
     jobs = Jobs(pool, item_cost=config.item_cost, replica=replica, on_backlog=dispatcher.add_backlog,
                 limits=Limits.load(config.limits_path))
-    cancels = CancelNotices(dispatcher.workers, replica)
+    cancels = CancelNotices(dispatcher.predictors, replica)
     outcomes = Outcomes(pool, dispatcher, signals, jobs, config, cancels)
     notices = Notices(config.database_url)
     notices.subscribe("fairway_backlog", dispatcher.heard_backlog)

@@ -1,4 +1,8 @@
-"""Connected predictors and the assignments waiting to be written to their streams."""
+"""The predictors with a work stream open to this replica, and the assignments waiting to be
+written to each stream.
+
+    registry.add(stream); registry.assign(assignment); unsent = registry.remove(stream)
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ CANCELS_PER_MESSAGE = 1000
 
 
 @dataclass(eq=False)
-class Worker:
+class PredictorStream:
+    """One predictor's `Work` stream: what it calls, its free slots, what waits to be written."""
+
     name: str
     providers: frozenset[str]
     accepts_cancels: bool = False
@@ -30,26 +36,26 @@ class Worker:
         return not self.providers or provider in self.providers
 
 
-class WorkerRegistry:
+class PredictorRegistry:
     def __init__(self) -> None:
-        self._workers: dict[int, Worker] = {}
+        self._streams: dict[int, PredictorStream] = {}
         self._turn = 0
 
-    def add(self, worker: Worker) -> None:
-        self._workers[worker.key] = worker
+    def add(self, stream: PredictorStream) -> None:
+        self._streams[stream.key] = stream
 
-    def remove(self, worker: Worker) -> list[pb.Assignment]:
-        """Forget a worker; return the assignments it never received."""
-        self._workers.pop(worker.key, None)
+    def remove(self, stream: PredictorStream) -> list[pb.Assignment]:
+        """Forget a stream; return the assignments it never received."""
+        self._streams.pop(stream.key, None)
         unsent = []
-        while not worker.outbox.empty():
-            message = worker.outbox.get_nowait()
+        while not stream.outbox.empty():
+            message = stream.outbox.get_nowait()
             if message.item_id:  # not a cancel notice
                 unsent.append(message)
         return unsent
 
-    def connected(self) -> list[Worker]:
-        return list(self._workers.values())
+    def connected(self) -> list[PredictorStream]:
+        return list(self._streams.values())
 
     def tell_canceled(self, item_ids: list[str]) -> int:
         """Tell every stream that accepts cancels that these items' jobs were canceled; the
@@ -58,21 +64,21 @@ class WorkerRegistry:
         Queued behind the assignments already in each outbox, so an item is never told
         before it is handed out. The number of streams told."""
         told = 0
-        for worker in self._workers.values():
-            if not worker.accepts_cancels:
+        for stream in self._streams.values():
+            if not stream.accepts_cancels:
                 continue
             for start in range(0, len(item_ids), CANCELS_PER_MESSAGE):
-                worker.outbox.put_nowait(pb.Assignment(canceled_item_ids=item_ids[start:start + CANCELS_PER_MESSAGE]))
+                stream.outbox.put_nowait(pb.Assignment(canceled_item_ids=item_ids[start:start + CANCELS_PER_MESSAGE]))
             told += 1
         return told
 
     def free_slots(self, provider: str | None = None) -> int:
-        return sum(w.slots for w in self._workers.values() if provider is None or w.accepts(provider))
+        return sum(w.slots for w in self._streams.values() if provider is None or w.accepts(provider))
 
     def providers_with_slots(self) -> set[str] | None:
-        """Providers some free worker accepts; None means any provider."""
+        """Providers some stream with free slots accepts; None means any provider."""
         found: set[str] = set()
-        for w in self._workers.values():
+        for w in self._streams.values():
             if w.slots > 0:
                 if not w.providers:
                     return None
@@ -80,12 +86,12 @@ class WorkerRegistry:
         return found
 
     def assign(self, assignment: pb.Assignment) -> bool:
-        """Hand one assignment to a free worker, rotating among them."""
-        workers = [w for w in self._workers.values() if w.slots > 0 and w.accepts(assignment.provider)]
-        if not workers:
+        """Hand one assignment to a stream with a free slot, rotating among them."""
+        streams = [w for w in self._streams.values() if w.slots > 0 and w.accepts(assignment.provider)]
+        if not streams:
             return False
-        self._turn = (self._turn + 1) % len(workers)
-        worker = workers[self._turn]
-        worker.slots -= 1
-        worker.outbox.put_nowait(assignment)
+        self._turn = (self._turn + 1) % len(streams)
+        stream = streams[self._turn]
+        stream.slots -= 1
+        stream.outbox.put_nowait(assignment)
         return True
