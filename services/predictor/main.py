@@ -14,7 +14,7 @@ from services.common.metrics import start_metrics
 from services.predictor.config import PredictorConfig
 from services.predictor.providers import build_providers
 from services.predictor.providers.base import CallGate
-from services.predictor.worker import Worker
+from services.predictor.work_loop import WorkLoop
 from services.ratelimiter.client import BudgetClient
 
 log = get_logger(__name__)
@@ -23,7 +23,7 @@ log = get_logger(__name__)
 async def _run(config: PredictorConfig) -> None:
     budgets = BudgetClient(config.ratelimiter_addr, token=config.service_token.get_secret_value())
     providers = build_providers(config, budgets, CallGate(config.concurrency))
-    worker = Worker(config, providers, budgets)
+    worker = WorkLoop(config, providers, budgets)
     # The predictor serves only health (open, like every server's): Kubernetes probes it over gRPC.
     server, port, health = create_server([], service_names=[], address=f"{config.host}:{config.port}", auth=None)
     await server.start()

@@ -51,7 +51,7 @@ _PROVIDERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "providers
 
 @dataclass(eq=False)
 class Held:
-    """One item this worker holds a lease on."""
+    """One item this predictor holds a lease on."""
 
     assignment: pb.Assignment
     task: asyncio.Task[None] | None = None
@@ -64,7 +64,9 @@ class Held:
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class Worker:
+class WorkLoop:
+    """The predictor's side of the `Work` stream: `run` until `drain`."""
+
     def __init__(self, config: PredictorConfig, providers: dict[str, Provider], budgets: BudgetClient) -> None:
         self._config = config
         self._providers = providers

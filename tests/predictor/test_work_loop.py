@@ -12,7 +12,7 @@ from fairway.scheduler.v1 import scheduler_pb2 as pb
 
 from services.predictor.config import PredictorConfig
 from services.predictor.reporting import Reporter
-from services.predictor.worker import Worker
+from services.predictor.work_loop import WorkLoop
 from tests.predictor.fakes import provider
 from tests.support.tokens import service_env
 
@@ -35,7 +35,7 @@ async def test_an_adapter_surprise_is_retried_with_a_message_naming_it_and_its_s
     # A create answered without a prediction id: the SDK's model of the answer refuses it.
     sent: list[httpx.Request] = []
     replicate, budgets = provider([httpx.Response(201, json={"status": "starting"})], sent)
-    worker = Worker(PredictorConfig.model_validate(service_env("predictor")), {"replicate": replicate}, budgets)
+    worker = WorkLoop(PredictorConfig.model_validate(service_env("predictor")), {"replicate": replicate}, budgets)
     dispatch = Dispatch()
     worker._dispatch = dispatch  # type: ignore[assignment]
     worker._reporter = Reporter(dispatch)  # type: ignore[arg-type]
