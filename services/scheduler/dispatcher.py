@@ -25,7 +25,6 @@ from typing import Any
 import asyncpg
 from fairway.scheduler.v1 import scheduler_pb2 as pb
 
-from services.common import stages
 from services.common.limits import lane_scope
 from services.common.logging import get_logger
 from services.common.supervision import Supervisor
@@ -157,7 +156,6 @@ class Dispatcher:
         self._wake.set()
 
     def add_backlog(self, lane: str, tenant: str, n: int, largest_tokens: float = 0.0) -> None:
-        stages.stamp("scheduler.backlog", tenant)
         shares = self.lanes.setdefault(lane, LaneShares())
         shares.add_backlog(tenant, n)
         tokens = int(largest_tokens)
