@@ -161,7 +161,12 @@ class WorkLoop:
             self._cancel_requested(message.canceled_item_ids)
 
     def _start(self, assignment: pb.Assignment) -> None:
-        self._lease_seconds = max(1.0, assignment.lease_expires_at - time.time())
+        if assignment.lease_seconds > 0:
+            self._lease_seconds = max(1.0, assignment.lease_seconds)
+        else:
+            # A scheduler of the previous release sends only its wall clock's expiry: the one
+            # estimate left, for the length of a rollout (remove with lease_expires_at).
+            self._lease_seconds = max(1.0, assignment.lease_expires_at - time.time())
         due = time.monotonic() + self._lease_seconds * HEARTBEAT_FRACTION
         if due < self._next_beat:
             # The beat was planned for a longer lease (the first assignment's is learned only

@@ -369,7 +369,7 @@ class Dispatcher:
                 lease=row["lease"], attempt=row["attempts"], provider=row["provider"],
                 model=row["model"], operation=row["operation"], input_json=row["input"],
                 upstream_id=row["upstream_id"] or "", grant_id=grant_id, canceled=bool(row["canceled"]),
-                lease_expires_at=row["leased_until"].timestamp(),
+                lease_expires_at=row["leased_until"].timestamp(), lease_seconds=self._config.lease_seconds,
             )
             claimed[row["tenant_id"]] += 1
             self.processing[row["tenant_id"]] += 1

@@ -1,5 +1,5 @@
-"""Unit tests of the worker alone (its scheduler is a stand-in): what it reports when an
-adapter meets something it did not expect."""
+"""Unit tests of the work loop alone (its scheduler is a stand-in): what it reports when an
+adapter meets something it did not expect, and how long it takes its leases to last."""
 
 from __future__ import annotations
 
@@ -50,5 +50,23 @@ async def test_an_adapter_surprise_is_retried_with_a_message_naming_it_and_its_s
     assert failure.error.startswith(
         "unexpected ValidationError in Creator._create (replicate_create.py:"), failure.error
     assert failure.error.endswith("; retried")
+    await replicate.close()
+    await worker._channel.close()
+
+
+async def test_the_lease_length_is_the_duration_the_scheduler_sent_not_a_clock_difference() -> None:
+    # The scheduler's wall clock says the lease ends in 1000 s; the lease lasts 12 s. Only the
+    # duration counts: the two hosts' clocks need not agree.
+    replicate, budgets = provider([], [])
+    worker = WorkLoop(PredictorConfig.model_validate(service_env("predictor")), {}, budgets)
+    dispatch = Dispatch()
+    worker._dispatch = dispatch  # type: ignore[assignment]
+    worker._reporter = Reporter(dispatch)  # type: ignore[arg-type]
+    worker._start(pb.Assignment(item_id="i1", lease=1, provider="replicate", lease_seconds=12.0,
+                                lease_expires_at=time.time() + 1000))
+    assert worker._lease_seconds == 12.0
+    task = worker._held["i1"].task
+    assert task is not None
+    await asyncio.wait_for(task, 5)
     await replicate.close()
     await worker._channel.close()

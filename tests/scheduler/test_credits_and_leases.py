@@ -92,6 +92,7 @@ async def test_expired_lease_returns_the_item_and_fences_the_old_holder(
         await client.submit("t", 1)
         predictor.ready(2)
         (first,) = await predictor.take(1)
+        assert first.lease_seconds == 0.3  # the length, not only the scheduler's clock's expiry
         # No heartbeat: the reaper hands the item back and it is dispatched again.
         (second,) = await predictor.take(1)
         assert second.item_id == first.item_id and second.lease != first.lease

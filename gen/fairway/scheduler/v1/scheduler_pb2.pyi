@@ -1093,6 +1093,7 @@ class Assignment(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CANCELED_ITEM_IDS_FIELD_NUMBER: _builtins.int
     CANCELED_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     job_id: _builtins.str
     tenant: _builtins.str
@@ -1111,6 +1112,11 @@ class Assignment(_message.Message):
     canceled: _builtins.bool
     """This item's job was canceled: cancel its upstream call (`upstream_id`, recorded by a
     previous holder) instead of resuming it, and report the end as above.
+    """
+    lease_seconds: _builtins.float
+    """How long the lease lasts from when it was granted, in seconds: a duration, so that the
+    predictor times its heartbeats by its own clock and no two hosts' clocks must agree
+    (`lease_expires_at` is the scheduler's wall clock). 0 from a scheduler before this field.
     """
     @_builtins.property
     def canceled_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -1138,10 +1144,11 @@ class Assignment(_message.Message):
         lease_expires_at: _builtins.float = ...,
         canceled_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         canceled: _builtins.bool = ...,
+        lease_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "canceled", b"canceled", "canceled_item_ids", b"canceled_item_ids", "grant_id", b"grant_id", "input_json", b"input_json", "item_id", b"item_id", "job_id", b"job_id", "lease", b"lease", "lease_expires_at", b"lease_expires_at", "model", b"model", "operation", b"operation", "provider", b"provider", "tenant", b"tenant", "upstream_id", b"upstream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "canceled", b"canceled", "canceled_item_ids", b"canceled_item_ids", "grant_id", b"grant_id", "input_json", b"input_json", "item_id", b"item_id", "job_id", b"job_id", "lease", b"lease", "lease_expires_at", b"lease_expires_at", "lease_seconds", b"lease_seconds", "model", b"model", "operation", b"operation", "provider", b"provider", "tenant", b"tenant", "upstream_id", b"upstream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
